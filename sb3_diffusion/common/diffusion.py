@@ -1,0 +1,165 @@
+"""
+Noise schedules and the DDPM maths shared by the diffusion policies.
+
+Everything here works on tensors and has no learnable state. The schedule is computed in float64
+(so that closed-form tests are exact) and stored as float32 buffers on the policy's device.
+"""
+
+import math
+
+import numpy as np
+import torch as th
+from torch import nn
+
+BETA_SCHEDULES = ("cosine", "linear", "vp")
+
+
+def cosine_betas(n_steps: int, s: float = 0.008, max_beta: float = 0.999) -> np.ndarray:
+    """
+    Cosine schedule of Nichol & Dhariwal (2021): ``abar(t) = cos^2(((t / T) + s) / (1 + s) * pi / 2)``,
+    normalised so that ``abar(0) = 1``, with betas clipped at ``max_beta``.
+
+    :param n_steps: Number of diffusion steps T
+    :param s: Small offset that keeps the first betas away from zero
+    :param max_beta: Upper clip of the betas
+    :return: betas, shape (T,)
+    """
+    x = np.linspace(0, n_steps, n_steps + 1, dtype=np.float64)
+    alphas_cumprod = np.cos(((x / n_steps) + s) / (1 + s) * math.pi * 0.5) ** 2
+    alphas_cumprod = alphas_cumprod / alphas_cumprod[0]
+    betas = 1.0 - alphas_cumprod[1:] / alphas_cumprod[:-1]
+    return np.clip(betas, 0.0, max_beta)
+
+
+def linear_betas(n_steps: int, beta_start: float = 1e-4, beta_end: float = 0.999, scale: float = 0.8) -> np.ndarray:
+    """
+    Linear schedule ``scale * linspace(beta_start, beta_end, T)`` (SDAC's official schedule uses
+    ``scale=0.8``, ``beta_start=1e-4``, ``beta_end=0.999``).
+
+    :param n_steps: Number of diffusion steps T
+    :param beta_start: First beta before scaling
+    :param beta_end: Last beta before scaling
+    :param scale: Factor applied to all betas
+    :return: betas, shape (T,)
+    """
+    return scale * np.linspace(beta_start, beta_end, n_steps, dtype=np.float64)
+
+
+def vp_betas(n_steps: int, beta_min: float = 0.1, beta_max: float = 10.0) -> np.ndarray:
+    """
+    Discretised variance-preserving SDE schedule (as in Diffusion-QL):
+    ``alpha_t = exp(-beta_min / T - (beta_max - beta_min) (2t - 1) / (2 T^2))`` for t = 1..T.
+
+    :param n_steps: Number of diffusion steps T
+    :param beta_min: beta(0) of the continuous VP SDE
+    :param beta_max: beta(1) of the continuous VP SDE
+    :return: betas, shape (T,)
+    """
+    t = np.arange(1, n_steps + 1, dtype=np.float64)
+    alphas = np.exp(-beta_min / n_steps - 0.5 * (beta_max - beta_min) * (2 * t - 1) / n_steps**2)
+    return 1.0 - alphas
+
+
+def make_betas(schedule: str, n_steps: int, **kwargs: float) -> np.ndarray:
+    """
+    Build a beta schedule by name.
+
+    :param schedule: One of ``"cosine"``, ``"linear"``, ``"vp"``
+    :param n_steps: Number of diffusion steps T (>= 1)
+    :param kwargs: Keyword arguments of the chosen schedule function
+    :return: betas, shape (T,), float64
+    """
+    if not isinstance(n_steps, (int, np.integer)) or isinstance(n_steps, bool) or n_steps < 1:
+        raise ValueError(f"The number of diffusion steps must be an integer >= 1, got {n_steps!r}")
+    builders = {"cosine": cosine_betas, "linear": linear_betas, "vp": vp_betas}
+    if schedule not in builders:
+        raise ValueError(f"Unknown beta schedule {schedule!r}: expected one of {', '.join(BETA_SCHEDULES)}")
+    betas = builders[schedule](int(n_steps), **kwargs)
+    if not (np.all(betas > 0) and np.all(betas < 1)):
+        raise ValueError(f"The {schedule!r} schedule with {kwargs} gives betas outside (0, 1): {betas}")
+    return betas
+
+
+class DiffusionSchedule(nn.Module):
+    """
+    DDPM coefficients of a beta schedule, as float32 buffers (they follow ``.to(device)`` and are
+    saved in the state dict).
+
+    Notation: ``alpha_t = 1 - beta_t``, ``abar_t = prod_{i <= t} alpha_i`` for t = 0..T-1.
+
+    :param betas: The betas, shape (T,)
+    """
+
+    betas: th.Tensor
+    alphas_cumprod: th.Tensor
+    sqrt_alphas_cumprod: th.Tensor
+    sqrt_one_minus_alphas_cumprod: th.Tensor
+    sqrt_recip_alphas_cumprod: th.Tensor
+    sqrt_recipm1_alphas_cumprod: th.Tensor
+    posterior_mean_coef1: th.Tensor
+    posterior_mean_coef2: th.Tensor
+    posterior_std: th.Tensor
+
+    def __init__(self, betas: np.ndarray):
+        super().__init__()
+        betas = np.asarray(betas, dtype=np.float64)
+        alphas = 1.0 - betas
+        alphas_cumprod = np.cumprod(alphas)
+        alphas_cumprod_prev = np.append(1.0, alphas_cumprod[:-1])
+        posterior_variance = betas * (1.0 - alphas_cumprod_prev) / (1.0 - alphas_cumprod)
+        coefficients = {
+            "betas": betas,
+            "alphas_cumprod": alphas_cumprod,
+            "sqrt_alphas_cumprod": np.sqrt(alphas_cumprod),
+            "sqrt_one_minus_alphas_cumprod": np.sqrt(1.0 - alphas_cumprod),
+            "sqrt_recip_alphas_cumprod": np.sqrt(1.0 / alphas_cumprod),
+            "sqrt_recipm1_alphas_cumprod": np.sqrt(1.0 / alphas_cumprod - 1.0),
+            "posterior_mean_coef1": betas * np.sqrt(alphas_cumprod_prev) / (1.0 - alphas_cumprod),
+            "posterior_mean_coef2": (1.0 - alphas_cumprod_prev) * np.sqrt(alphas) / (1.0 - alphas_cumprod),
+            # log-variance clipped at 1e-20 as in DDPM; the noise at t = 0 is masked anyway
+            "posterior_std": np.exp(0.5 * np.log(np.maximum(posterior_variance, 1e-20))),
+        }
+        for name, value in coefficients.items():
+            self.register_buffer(name, th.as_tensor(value, dtype=th.float32))
+        # Python floats for the sampling loop: indexing them costs no tensor op and no host sync
+        self._coef_lists = {name: [float(v) for v in value] for name, value in coefficients.items()}
+
+    @property
+    def n_steps(self) -> int:
+        return self.betas.shape[0]
+
+    def coef(self, name: str, t: int) -> float:
+        """Coefficient ``name`` at integer step ``t`` as a Python float (no device access)."""
+        return self._coef_lists[name][t]
+
+    def q_sample(self, x0: th.Tensor, t: th.Tensor, noise: th.Tensor) -> th.Tensor:
+        """
+        Forward noising ``a_t = sqrt(abar_t) a_0 + sqrt(1 - abar_t) eps``.
+
+        :param x0: Clean actions, shape (N, d)
+        :param t: Integer steps, shape (N,)
+        :param noise: eps, shape (N, d)
+        """
+        return self.sqrt_alphas_cumprod[t, None] * x0 + self.sqrt_one_minus_alphas_cumprod[t, None] * noise
+
+    def predict_x0(self, x_t: th.Tensor, t: int, eps: th.Tensor, clip: bool = True) -> th.Tensor:
+        """``x0 = x_t / sqrt(abar_t) - eps sqrt(1 / abar_t - 1)``, clamped to [-1, 1] if ``clip``."""
+        x0 = x_t * self.coef("sqrt_recip_alphas_cumprod", t) - eps * self.coef("sqrt_recipm1_alphas_cumprod", t)
+        return x0.clamp_(-1.0, 1.0) if clip else x0
+
+    def reverse_step(self, x_t: th.Tensor, t: int, eps: th.Tensor, noise: th.Tensor | None) -> th.Tensor:
+        """
+        One DDPM reverse step from ``x_t`` to ``x_{t-1}`` with the clamped x0 estimate.
+
+        :param x_t: Current sample, shape (N, d)
+        :param t: Integer step (the same for all rows)
+        :param eps: Predicted noise, shape (N, d)
+        :param noise: Standard normal noise of the shape of ``x_t`` (ignored, and may be None, at t = 0)
+        :return: ``x_{t-1}``
+        """
+        x0 = self.predict_x0(x_t, t, eps)
+        mean = x0.mul_(self.coef("posterior_mean_coef1", t)).add_(x_t, alpha=self.coef("posterior_mean_coef2", t))
+        if t > 0:
+            assert noise is not None
+            mean.add_(noise, alpha=self.coef("posterior_std", t))
+        return mean

@@ -1,0 +1,436 @@
+"""
+The diffusion actor-critic policy shared by QVPO and SDAC.
+"""
+
+import hashlib
+from typing import Any
+
+import numpy as np
+import torch as th
+from gymnasium import spaces
+from stable_baselines3.common.policies import BasePolicy, ContinuousCritic
+from stable_baselines3.common.preprocessing import get_action_dim
+from stable_baselines3.common.torch_layers import BaseFeaturesExtractor, FlattenExtractor, get_actor_critic_arch
+from stable_baselines3.common.type_aliases import PyTorchObs, Schedule
+from torch import nn
+
+from sb3_diffusion.common.diffusion import BETA_SCHEDULES, DiffusionSchedule, make_betas
+from sb3_diffusion.common.networks import INITIALIZATIONS, Mish, NoisePredictionNet, init_mlp_
+from sb3_diffusion.common.utils import check_action_space, check_choice, check_float, check_int
+
+
+class DiffusionActor(BasePolicy):
+    """
+    Diffusion actor: a noise-prediction network, its DDPM schedule and the batched reverse sampler.
+
+    :param observation_space: Observation space
+    :param action_space: Action space (a bounded Box; actions are produced in [-1, 1])
+    :param net_arch: Hidden layer sizes of the noise-prediction network
+    :param features_extractor: Network to extract features (``nn.Flatten`` for MlpPolicy)
+    :param features_dim: Number of features
+    :param activation_fn: Activation function
+    :param diffusion_steps: Number of diffusion steps T
+    :param beta_schedule: ``"cosine"``, ``"linear"`` or ``"vp"``
+    :param beta_schedule_kwargs: Keyword arguments of the schedule (e.g. ``scale`` of the linear one)
+    :param init_noise_scale: Standard deviation of the reverse chain's starting point x_T
+    :param time_embed_dim: Size of the sinusoidal time embedding
+    :param time_hidden_dim: Hidden size of the time MLP
+    :param time_embed_shift: Frequency convention of the embedding (see ``SinusoidalEmbedding``)
+    :param time_embed_scale: Scale of the embedding
+    :param init: Weight initialisation of the noise network (``"haiku"``, ``"qvpo"``, ``"torch"``)
+    :param normalize_images: Whether to normalize images or not, dividing by 255.0
+    """
+
+    action_space: spaces.Box
+
+    def __init__(
+        self,
+        observation_space: spaces.Space,
+        action_space: spaces.Box,
+        net_arch: list[int],
+        features_extractor: nn.Module,
+        features_dim: int,
+        activation_fn: type[nn.Module] = Mish,
+        diffusion_steps: int = 20,
+        beta_schedule: str = "linear",
+        beta_schedule_kwargs: dict[str, float] | None = None,
+        init_noise_scale: float = 0.5,
+        time_embed_dim: int = 16,
+        time_hidden_dim: int = 32,
+        time_embed_shift: int = 0,
+        time_embed_scale: float = 0.25,
+        init: str = "haiku",
+        normalize_images: bool = True,
+    ):
+        super().__init__(
+            observation_space,
+            action_space,
+            features_extractor=features_extractor,
+            normalize_images=normalize_images,
+            squash_output=True,
+        )
+        self.net_arch = net_arch
+        self.features_dim = features_dim
+        self.activation_fn = activation_fn
+        self.init_noise_scale = init_noise_scale
+        self.action_dim = get_action_dim(self.action_space)
+        self.schedule = DiffusionSchedule(make_betas(beta_schedule, diffusion_steps, **(beta_schedule_kwargs or {})))
+        self.noise_net = NoisePredictionNet(
+            features_dim,
+            self.action_dim,
+            net_arch,
+            activation_fn=activation_fn,
+            time_embed_dim=time_embed_dim,
+            time_hidden_dim=time_hidden_dim,
+            time_embed_shift=time_embed_shift,
+            time_embed_scale=time_embed_scale,
+            init=init,
+        )
+
+    @property
+    def diffusion_steps(self) -> int:
+        return self.schedule.n_steps
+
+    def predict_noise(self, obs: PyTorchObs, x_t: th.Tensor, t: th.Tensor) -> th.Tensor:
+        """``eps_theta(s, a_t, t)`` for rows that each have their own step (the training forward)."""
+        features = self.extract_features(obs, self.features_extractor)
+        return self.noise_net(features, x_t, t)
+
+    def draw_chain_noise(self, batch_size: int, n_samples: int, generators: list[th.Generator] | None = None) -> th.Tensor:
+        """
+        All the standard normal noise of ``n_samples`` reverse chains per state, in one tensor of shape
+        (T, batch_size, n_samples, d): slice 0 starts the chain, slice t >= 1 is the noise of step t.
+
+        :param generators: One CPU generator per state (the noise of each state then depends only on its
+            generator); None draws from the global generator on the policy's device.
+        """
+        shape = (self.diffusion_steps, n_samples, self.action_dim)
+        if generators is None:
+            return th.randn((shape[0], batch_size, *shape[1:]), device=self.device)
+        assert len(generators) == batch_size
+        per_state = [th.randn(shape, generator=generator) for generator in generators]
+        return th.stack(per_state, dim=1).to(self.device)
+
+    def sample(self, obs: PyTorchObs, n_samples: int, noise: th.Tensor | None = None) -> th.Tensor:
+        """
+        Draw ``n_samples`` actions per state with the full reverse chain, all candidates of all states
+        in one batch. The observation block of the first layer is computed once per state and the time
+        block once per step. Runs under ``torch.inference_mode``; the result is a normal tensor.
+
+        :param obs: Observations, batch of B
+        :param n_samples: Samples per state
+        :param noise: Optional noise from :meth:`draw_chain_noise` (drawn here if None)
+        :return: Actions in [-1, 1], shape (B, n_samples, d)
+        """
+        with th.inference_mode():
+            features = self.extract_features(obs, self.features_extractor)
+            if noise is None:
+                noise = self.draw_chain_noise(features.shape[0], n_samples)
+            features_part = self.noise_net.features_in(features)
+            time_table = self.noise_net.time_table(self.diffusion_steps)
+            x = noise[0] * self.init_noise_scale
+            for t in reversed(range(self.diffusion_steps)):
+                eps = self.noise_net.forward_shared(features_part, x, time_table[t])
+                x = self.schedule.reverse_step(x, t, eps, noise[t] if t > 0 else None)
+        return x.clone()
+
+    def forward(self, obs: PyTorchObs, deterministic: bool = False) -> th.Tensor:
+        return self.sample(obs, 1)[:, 0]
+
+    def _predict(self, observation: PyTorchObs, deterministic: bool = False) -> th.Tensor:
+        return self(observation, deterministic)
+
+    def _get_constructor_parameters(self) -> dict[str, Any]:
+        data = super()._get_constructor_parameters()
+        data.update(dict(net_arch=self.net_arch, features_dim=self.features_dim, activation_fn=self.activation_fn))
+        return data
+
+
+def min_q(critic: ContinuousCritic, obs: th.Tensor, actions: th.Tensor) -> th.Tensor:
+    """Minimum over the critics of Q(obs, actions), shape (N,)."""
+    return th.cat(critic(obs, actions), dim=1).min(dim=1).values
+
+
+def repeat_obs(obs: PyTorchObs, n: int) -> PyTorchObs:
+    """Repeat each observation ``n`` times along the batch (row b*n + j is state b)."""
+    if isinstance(obs, dict):
+        return {key: value.repeat_interleave(n, dim=0) for key, value in obs.items()}
+    return obs.repeat_interleave(n, dim=0)
+
+
+def observation_seed(observation: np.ndarray) -> int:
+    """A 64-bit seed that depends only on the bytes of one observation (float32)."""
+    data = np.ascontiguousarray(observation, dtype=np.float32).tobytes()
+    return int.from_bytes(hashlib.blake2b(data, digest_size=8).digest(), "little") & ((1 << 63) - 1)
+
+
+class DiffusionActorPolicy(BasePolicy):
+    """
+    Policy class (diffusion actor, EMA actor, twin critics and their targets) shared by QVPO and SDAC.
+
+    Acting is best-of-K: K reverse chains per state, scored by the minimum of the online critics, the
+    argmax kept. ``predict(obs, deterministic=True)`` uses ``n_eval_candidates`` chains and no
+    exploration noise, with chain noise seeded from each observation's bytes, so the action is a pure
+    function of (observation, parameters). ``deterministic=False`` is the behaviour policy:
+    ``n_behavior_candidates`` chains of the ``behavior_actor`` plus Gaussian noise of std
+    ``exploration_std``, clipped to [-1, 1].
+
+    :param observation_space: Observation space
+    :param action_space: Action space (a bounded Box)
+    :param lr_schedule: Learning rate schedule (could be constant)
+    :param net_arch: Hidden sizes: a list for both networks, or ``dict(pi=[...], qf=[...])``
+    :param activation_fn: Activation function (``Mish``: exact Mish with a fast inference path)
+    :param diffusion_steps: Number of diffusion steps T
+    :param beta_schedule: ``"cosine"``, ``"linear"`` or ``"vp"``
+    :param beta_schedule_kwargs: Keyword arguments of the schedule
+    :param init_noise_scale: Standard deviation of the reverse chain's starting point
+    :param time_embed_dim: Size of the sinusoidal time embedding
+    :param time_hidden_dim: Hidden size of the time MLP
+    :param time_embed_shift: Frequency convention of the embedding: 0 gives ``10000^(-j/(dim/2))``,
+        1 gives ``10000^(-j/(dim/2-1))``
+    :param time_embed_scale: Scale of the embedding
+    :param init: Initialisation of the noise network (``"haiku"``, ``"qvpo"`` or ``"torch"``)
+    :param critic_init: Initialisation of the critics
+    :param n_behavior_candidates: K of the behaviour policy (``deterministic=False``)
+    :param n_eval_candidates: K of the deterministic policy (``deterministic=True``)
+    :param behavior_actor: Which actor acts: ``"ema"`` (the EMA copy) or ``"online"``
+    :param exploration_std: Standard deviation of the Gaussian noise added to behaviour actions
+        (in the [-1, 1] action scale); algorithms may change it during training
+    :param features_extractor_class: Features extractor to use
+    :param features_extractor_kwargs: Keyword arguments to pass to the features extractor
+    :param normalize_images: Whether to normalize images or not, dividing by 255.0
+    :param optimizer_class: The optimizer to use, ``th.optim.Adam`` by default
+    :param optimizer_kwargs: Additional keyword arguments, excluding the learning rate, to pass to the optimizer
+    :param n_critics: Number of critic networks
+    """
+
+    actor: DiffusionActor
+    actor_target: DiffusionActor
+    critic: ContinuousCritic
+    critic_target: ContinuousCritic
+    exploration_std: th.Tensor
+
+    def __init__(
+        self,
+        observation_space: spaces.Space,
+        action_space: spaces.Box,
+        lr_schedule: Schedule,
+        net_arch: list[int] | dict[str, list[int]] | None = None,
+        activation_fn: type[nn.Module] = Mish,
+        diffusion_steps: int = 20,
+        beta_schedule: str = "linear",
+        beta_schedule_kwargs: dict[str, float] | None = None,
+        init_noise_scale: float = 0.5,
+        time_embed_dim: int = 16,
+        time_hidden_dim: int = 32,
+        time_embed_shift: int = 0,
+        time_embed_scale: float = 0.25,
+        init: str = "haiku",
+        critic_init: str = "haiku",
+        n_behavior_candidates: int = 32,
+        n_eval_candidates: int = 32,
+        behavior_actor: str = "ema",
+        exploration_std: float = 0.0,
+        features_extractor_class: type[BaseFeaturesExtractor] = FlattenExtractor,
+        features_extractor_kwargs: dict[str, Any] | None = None,
+        normalize_images: bool = True,
+        optimizer_class: type[th.optim.Optimizer] = th.optim.Adam,
+        optimizer_kwargs: dict[str, Any] | None = None,
+        n_critics: int = 2,
+    ):
+        check_action_space(action_space)
+        if isinstance(observation_space, spaces.Dict) and features_extractor_class is FlattenExtractor:
+            raise ValueError(
+                f"This policy takes Box, Discrete, MultiDiscrete or MultiBinary observations, got a Dict space "
+                f"({observation_space}). Flatten it first, for example with gymnasium.wrappers.FlattenObservation."
+            )
+        super().__init__(
+            observation_space,
+            action_space,
+            features_extractor_class,
+            features_extractor_kwargs,
+            optimizer_class=optimizer_class,
+            optimizer_kwargs=optimizer_kwargs,
+            normalize_images=normalize_images,
+            squash_output=True,
+        )
+        if net_arch is None:
+            net_arch = [256, 256, 256]
+        actor_arch, critic_arch = get_actor_critic_arch(net_arch)
+        self.net_arch = net_arch
+        self.activation_fn = activation_fn
+        self.diffusion_kwargs = dict(
+            diffusion_steps=check_int("diffusion_steps", diffusion_steps),
+            beta_schedule=check_choice("beta_schedule", beta_schedule, BETA_SCHEDULES),
+            beta_schedule_kwargs=beta_schedule_kwargs,
+            init_noise_scale=check_float("init_noise_scale", init_noise_scale),
+            time_embed_dim=check_int("time_embed_dim", time_embed_dim, minimum=2),
+            time_hidden_dim=check_int("time_hidden_dim", time_hidden_dim),
+            time_embed_shift=check_int("time_embed_shift", time_embed_shift, minimum=0),
+            time_embed_scale=check_float("time_embed_scale", time_embed_scale),
+            init=check_choice("init", init, INITIALIZATIONS),
+        )
+        self.critic_init = check_choice("critic_init", critic_init, INITIALIZATIONS)
+        self.n_behavior_candidates = check_int("n_behavior_candidates", n_behavior_candidates)
+        self.n_eval_candidates = check_int("n_eval_candidates", n_eval_candidates)
+        self.behavior_actor = check_choice("behavior_actor", behavior_actor, ("ema", "online"))
+        self.n_critics = check_int("n_critics", n_critics)
+        self.actor_kwargs = dict(
+            observation_space=self.observation_space,
+            action_space=self.action_space,
+            net_arch=actor_arch,
+            activation_fn=activation_fn,
+            normalize_images=normalize_images,
+            **self.diffusion_kwargs,
+        )
+        self.critic_kwargs = dict(
+            observation_space=self.observation_space,
+            action_space=self.action_space,
+            net_arch=critic_arch,
+            activation_fn=activation_fn,
+            normalize_images=normalize_images,
+            n_critics=n_critics,
+            share_features_extractor=False,
+        )
+        self.register_buffer("exploration_std", th.tensor(check_float("exploration_std", exploration_std, strict=False)))
+        self._build(lr_schedule)
+
+    def _build(self, lr_schedule: Schedule) -> None:
+        self.actor = self.make_actor()
+        self.actor_target = self.make_actor()
+        self.actor_target.load_state_dict(self.actor.state_dict())
+        self.actor.optimizer = self.optimizer_class(self.actor.parameters(), lr=lr_schedule(1), **self.optimizer_kwargs)  # type: ignore[call-arg]
+
+        self.critic = self.make_critic()
+        init_mlp_(self.critic, self.critic_init)
+        self.critic_target = self.make_critic()
+        self.critic_target.load_state_dict(self.critic.state_dict())
+        self.critic.optimizer = self.optimizer_class(self.critic.parameters(), lr=lr_schedule(1), **self.optimizer_kwargs)  # type: ignore[call-arg]
+
+        # Targets are never trained directly
+        self.actor_target.set_training_mode(False)
+        self.critic_target.set_training_mode(False)
+        for param in [*self.actor_target.parameters(), *self.critic_target.parameters()]:
+            param.requires_grad_(False)
+
+    def make_actor(self, features_extractor: BaseFeaturesExtractor | None = None) -> DiffusionActor:
+        actor_kwargs = self._update_features_extractor(self.actor_kwargs, features_extractor)
+        return DiffusionActor(**actor_kwargs).to(self.device)
+
+    def make_critic(self, features_extractor: BaseFeaturesExtractor | None = None) -> ContinuousCritic:
+        critic_kwargs = self._update_features_extractor(self.critic_kwargs, features_extractor)
+        return ContinuousCritic(**critic_kwargs).to(self.device)
+
+    def _get_constructor_parameters(self) -> dict[str, Any]:
+        data = super()._get_constructor_parameters()
+        data.update(
+            dict(
+                net_arch=self.net_arch,
+                activation_fn=self.activation_fn,
+                **self.diffusion_kwargs,
+                critic_init=self.critic_init,
+                n_behavior_candidates=self.n_behavior_candidates,
+                n_eval_candidates=self.n_eval_candidates,
+                behavior_actor=self.behavior_actor,
+                exploration_std=float(self.exploration_std),
+                lr_schedule=self._dummy_schedule,  # not needed for loading the policy alone
+                optimizer_class=self.optimizer_class,
+                optimizer_kwargs=self.optimizer_kwargs,
+                features_extractor_class=self.features_extractor_class,
+                features_extractor_kwargs=self.features_extractor_kwargs,
+                n_critics=self.n_critics,
+            )
+        )
+        return data
+
+    def best_of_k(
+        self,
+        obs: th.Tensor,
+        n_candidates: int,
+        actor: DiffusionActor | None = None,
+        critic: ContinuousCritic | None = None,
+        noise: th.Tensor | None = None,
+    ) -> th.Tensor:
+        """
+        Best-of-K actions: ``n_candidates`` reverse chains per state (one batch of B*K rows), scored by
+        the minimum of the critics, the argmax kept.
+
+        :param obs: Observations, batch of B
+        :param n_candidates: K
+        :param actor: Actor that samples (the online actor by default)
+        :param critic: Critics that score (the online critics by default)
+        :param noise: Optional chain noise (see ``DiffusionActor.draw_chain_noise``)
+        :return: Actions in [-1, 1], shape (B, d)
+        """
+        actor = self.actor if actor is None else actor
+        critic = self.critic if critic is None else critic
+        candidates = actor.sample(obs, n_candidates, noise=noise)
+        if n_candidates == 1:
+            return candidates[:, 0]
+        batch_size = candidates.shape[0]
+        with th.inference_mode():
+            q_values = min_q(critic, repeat_obs(obs, n_candidates), candidates.reshape(batch_size * n_candidates, -1))
+            best = q_values.view(batch_size, n_candidates).argmax(dim=1)
+        return candidates[th.arange(batch_size, device=candidates.device), best.clone()]
+
+    def add_exploration_noise(self, actions: th.Tensor, std: float | th.Tensor | None = None) -> th.Tensor:
+        """Add N(0, std^2) noise (``exploration_std`` by default) and clip to [-1, 1]."""
+        std = self.exploration_std if std is None else std
+        if float(std) == 0.0:
+            return actions
+        return (actions + std * th.randn_like(actions)).clamp(-1.0, 1.0)
+
+    def forward(self, obs: PyTorchObs, deterministic: bool = False) -> th.Tensor:
+        return self._predict(obs, deterministic=deterministic)
+
+    def _predict(self, observation: PyTorchObs, deterministic: bool = False) -> th.Tensor:
+        if deterministic:
+            return self._deterministic_action(observation)
+        actions = self.best_of_k(observation, self.n_behavior_candidates, actor=self.acting_actor)  # type: ignore[arg-type]
+        return self.add_exploration_noise(actions)
+
+    @property
+    def acting_actor(self) -> DiffusionActor:
+        """The actor used by ``predict`` (``behavior_actor``: the EMA copy or the online actor)."""
+        return self.actor_target if self.behavior_actor == "ema" else self.actor
+
+    def _deterministic_action(self, observation: PyTorchObs) -> th.Tensor:
+        # One state at a time, with chain noise seeded from the observation's bytes: the action is then
+        # independent of the rest of the batch, bit for bit (a batched matmul may round differently
+        # for different batch sizes, which could flip a near-tie in the argmax).
+        assert isinstance(observation, th.Tensor), "deterministic actions need a tensor observation"
+        raw = observation.detach().cpu().numpy()
+        actions = []
+        for index in range(observation.shape[0]):
+            generator = th.Generator().manual_seed(observation_seed(raw[index]))
+            noise = self.actor.draw_chain_noise(1, self.n_eval_candidates, generators=[generator])
+            state = observation[index : index + 1]
+            actions.append(self.best_of_k(state, self.n_eval_candidates, actor=self.acting_actor, noise=noise))
+        return th.cat(actions, dim=0)
+
+    def predict(
+        self,
+        observation: np.ndarray | dict[str, np.ndarray],
+        state: tuple[np.ndarray, ...] | None = None,
+        episode_start: np.ndarray | None = None,
+        deterministic: bool = False,
+    ) -> tuple[np.ndarray, tuple[np.ndarray, ...] | None]:
+        values = observation.values() if isinstance(observation, dict) else [observation]
+        for value in values:
+            array = np.asarray(value)
+            if np.issubdtype(array.dtype, np.number) and not np.all(np.isfinite(array)):
+                raise ValueError(
+                    "The observation passed to predict() contains NaN or infinite values; "
+                    "a diffusion policy would return a meaningless action. Check the environment or its wrappers."
+                )
+        return super().predict(observation, state, episode_start, deterministic)
+
+    def set_training_mode(self, mode: bool) -> None:
+        """
+        Put the policy in either training or evaluation mode (the targets stay in evaluation mode).
+
+        :param mode: if true, set to training mode, else set to evaluation mode
+        """
+        self.actor.set_training_mode(mode)
+        self.critic.set_training_mode(mode)
+        self.training = mode
