@@ -1,0 +1,130 @@
+"""
+Registration of SDAC and QVPO with RL Zoo (``rl_zoo3``), which has no plugin API.
+
+:func:`register` mutates RL Zoo's tables in place (every RL Zoo module imported them by reference) and
+wraps three methods of ``ExperimentManager``, each of them only for our algorithms:
+
+- ``__init__``: the default config of ``sdac``/``qvpo`` is our shipped ``hyperparams/<algo>.yml``
+  instead of ``rl_zoo3/hyperparams/<algo>.yml`` (which does not exist); an explicit ``-conf`` wins;
+- ``objective`` (one Optuna trial): non-finite training values or evaluation returns prune the trial;
+  sampled policy keyword arguments are merged into the configured ones and ``-params`` pins
+  (see :mod:`sb3_diffusion.zoo.samplers`);
+- ``load_trial`` (``--trial-id``): the trial's policy keyword arguments are merged into the config's.
+"""
+
+import copy
+import functools
+import importlib
+import inspect
+import math
+from pathlib import Path
+from typing import Any
+
+from stable_baselines3.common.base_class import BaseAlgorithm
+
+from sb3_diffusion.zoo.callbacks import NonFiniteLossCallback
+from sb3_diffusion.zoo.samplers import CONVERTERS, SAMPLERS, merge_policy_kwargs, trial_context
+
+# Every algorithm of the package that RL Zoo may know, whether or not it is importable yet
+ALGO_NAMES = ("qvpo", "sdac")
+
+_PATCHED = "_sb3_diffusion_patched"
+
+
+def available_algorithms() -> dict[str, type[BaseAlgorithm]]:
+    """RL Zoo name -> class of the algorithms this installation of ``sb3_diffusion`` provides."""
+    import sb3_diffusion
+
+    classes = {name: getattr(sb3_diffusion, name.upper(), None) for name in ALGO_NAMES}
+    return {name: cls for name, cls in classes.items() if cls is not None}
+
+
+def config_path(algo: str) -> Path:
+    """
+    Path of the shipped RL Zoo config of ``algo``: ``sb3_diffusion/hyperparams/<algo>.yml`` in an
+    installed package, the top-level ``hyperparams/<algo>.yml`` of a source checkout (editable install).
+    """
+    package = Path(__file__).resolve().parent.parent
+    candidates = [folder / f"{algo}.yml" for folder in (package / "hyperparams", package.parent / "hyperparams")]
+    for path in candidates:
+        if path.is_file():
+            return path
+    raise FileNotFoundError(f"No RL Zoo config for {algo!r}: none of {', '.join(map(str, candidates))} exists")
+
+
+def register() -> list[str]:
+    """
+    Make RL Zoo know the algorithms of ``sb3_diffusion`` (``--algo sdac``, ``--algo qvpo``): their
+    classes, Optuna samplers and converters, and our shipped configs as their default ``-conf``.
+    Idempotent; algorithms that are not importable are left out.
+
+    :return: the names registered
+    """
+    from rl_zoo3 import exp_manager, hyperparams_opt, utils
+
+    algorithms = available_algorithms()
+    for name, cls in algorithms.items():
+        utils.ALGOS[name] = cls
+        hyperparams_opt.HYPERPARAMS_SAMPLER[name] = SAMPLERS[name]
+        hyperparams_opt.HYPERPARAMS_CONVERTER[name] = CONVERTERS[name]
+    _patch_experiment_manager(exp_manager.ExperimentManager)
+    return sorted(algorithms)
+
+
+def _patch_experiment_manager(cls: type) -> None:
+    if cls.__dict__.get(_PATCHED, False):
+        return
+    init, objective, load_trial = cls.__init__, cls.objective, cls.load_trial  # type: ignore[misc]
+    init_signature = inspect.signature(init)
+
+    @functools.wraps(init)
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        explicit_config = init_signature.bind(self, *args, **kwargs).arguments.get("config")
+        init(self, *args, **kwargs)
+        if not explicit_config and self.algo in ALGO_NAMES:
+            self.config = str(config_path(self.algo))
+
+    @functools.wraps(objective)
+    def objective_(self, trial):  # type: ignore[no-untyped-def]
+        if self.algo not in ALGO_NAMES:
+            return objective(self, trial)
+        import optuna
+
+        # A copy per trial, so that concurrent trials (--n-jobs) each get their own callback
+        manager = copy.copy(self)
+        manager.specified_callbacks = [*self.specified_callbacks, NonFiniteLossCallback()]
+        with trial_context(self._hyperparams.get("policy_kwargs"), self.custom_hyperparams):
+            value = objective(manager, trial)
+        if not math.isfinite(value):
+            print(f"Trial {trial.number}: non-finite evaluation return {value}, pruning it")
+            raise optuna.TrialPruned(f"non-finite evaluation return {value}")
+        return value
+
+    @functools.wraps(load_trial)
+    def load_trial_(self, storage, study_name, trial_id=None, convert=True):  # type: ignore[no-untyped-def]
+        params = load_trial(self, storage, study_name, trial_id, convert)
+        if convert and self.algo in ALGO_NAMES and "policy_kwargs" in params:
+            configured = _configured_hyperparams(self.config, self.env_name.gym_id).get("policy_kwargs")
+            params["policy_kwargs"] = merge_policy_kwargs(configured, params["policy_kwargs"])
+        return params
+
+    cls.__init__ = __init__  # type: ignore[misc]
+    cls.objective = objective_  # type: ignore[attr-defined]
+    cls.load_trial = load_trial_  # type: ignore[attr-defined]
+    setattr(cls, _PATCHED, True)
+
+
+def _configured_hyperparams(config: str, env_id: str) -> dict[str, Any]:
+    """The entry of ``env_id`` (or ``default``) in a config, read the way RL Zoo reads it."""
+    if config.endswith((".yml", ".yaml")):
+        import yaml
+
+        with open(config) as file:
+            entries = yaml.safe_load(file)
+    elif config.endswith(".py"):
+        namespace: dict[str, Any] = {}
+        exec(Path(config).read_text(), namespace)
+        entries = namespace["hyperparams"]
+    else:
+        entries = importlib.import_module(config).hyperparams
+    return dict(entries.get(env_id, entries.get("default", {})))
