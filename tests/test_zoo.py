@@ -12,6 +12,7 @@ import re
 import shutil
 import subprocess
 import sys
+import uuid
 from pathlib import Path
 
 import gymnasium as gym
@@ -169,9 +170,21 @@ def test_optimize_two_trials_writes_report(algo, tmp_path):
     assert not searched & {"batch_size_pow", "net_arch", "diffusion_steps", "n_candidates", "n_policy_samples"}
 
 
-def test_two_workers_share_one_journal_study(tmp_path):
-    storage = tmp_path / "study.log"
-    args = [*optimize_args("sdac", 2), "--storage", str(storage), "--study-name", "shared"]
+# A database URL (e.g. postgresql://user:password@host:5432/optuna) to run the distributed test on it too
+STORAGE_URL_VAR = "SB3_DIFFUSION_TEST_OPTUNA_URL"
+
+
+@pytest.mark.parametrize("kind", ["journal", "url"])
+def test_two_workers_share_one_study(kind, tmp_path):
+    if kind == "journal":
+        storage = str(tmp_path / "study.log")
+        study_storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(storage))
+    else:
+        storage = study_storage = os.environ.get(STORAGE_URL_VAR, "")
+        if not storage:
+            pytest.skip(f"set {STORAGE_URL_VAR} to a database URL to run two workers on it")
+    study_name = f"shared-{uuid.uuid4().hex[:8]}"
+    args = [*optimize_args("sdac", 2), "--storage", storage, "--study-name", study_name]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     env.pop(ENV_VAR, None)
     workers = []
@@ -187,10 +200,9 @@ def test_two_workers_share_one_journal_study(tmp_path):
         output = (folder / "output.txt").read_text()
         assert process.returncode == 0, output[-4000:]
         finished.append({int(number) for number in re.findall(r"Trial (\d+) finished", output)})
+    # Each worker ran its 2 trials of the one study
     assert len(finished[0]) == len(finished[1]) == 2 and not finished[0] & finished[1], finished
-    study = optuna.load_study(
-        study_name="shared", storage=optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(storage)))
-    )
+    study = optuna.load_study(study_name=study_name, storage=study_storage)
     assert [trial.state for trial in study.trials] == [optuna.trial.TrialState.COMPLETE] * 4
 
 
