@@ -54,7 +54,7 @@ def test_ddpm_coefficients():
 @pytest.mark.parametrize("bad", [dict(schedule="quadratic"), dict(n_steps=0), dict(n_steps=2.5)])
 def test_make_betas_rejects_bad_arguments(bad):
     kwargs = dict(schedule="linear", n_steps=5, **{}) | bad
-    with pytest.raises(ValueError, match="schedule|diffusion steps"):
+    with pytest.raises(ValueError, match=r"schedule|diffusion steps"):
         make_betas(**kwargs)
 
 
