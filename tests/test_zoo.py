@@ -87,17 +87,6 @@ def config_entry(algo: str, env_id: str) -> dict:
         return yaml.safe_load(file)[env_id]
 
 
-@pytest.fixture(scope="module", params=ALGO_NAMES)
-def trained(request, tmp_path_factory):
-    """A few hundred steps of ``python -m rl_zoo3.train --algo <algo> --env Pendulum-v1`` with our config."""
-    algo = request.param
-    needs(algo)
-    folder = tmp_path_factory.mktemp(f"train_{algo}")
-    args = ["-m", "rl_zoo3.train", "--algo", algo, "--env", "Pendulum-v1", "-n", "300", "--seed", "0"]
-    result = zoo([*args, "--eval-freq", "-1", "--num-threads", "1", "-params", "learning_starts:100"], folder)
-    return algo, folder, result
-
-
 def test_hook_installed_and_imports_nothing(tmp_path):
     code = (
         "import sys; print(any(getattr(f, 'sb3_diffusion_zoo_hook', False) for f in sys.meta_path)); "
@@ -109,23 +98,30 @@ def test_hook_installed_and_imports_nothing(tmp_path):
     assert zoo(["-c", code], tmp_path, hook=False).stdout.split("\n")[0] == "False"
 
 
-def test_train_with_shipped_config(trained):
-    algo, folder, result = trained
-    run = folder / "logs" / algo / "Pendulum-v1_1"
+@pytest.mark.parametrize("algo", ALGO_NAMES)
+def test_train_with_shipped_config_then_enjoy(algo, tmp_path):
+    needs(algo)
+    args = ["-m", "rl_zoo3.train", "--algo", algo, "--env", "Pendulum-v1", "-n", "300", "--seed", "0", "--eval-freq", "-1"]
+    result = zoo([*args, "--num-threads", "1", "-params", "learning_starts:100"], tmp_path)
+    run = tmp_path / "logs" / algo / "Pendulum-v1_1"
     assert f"Loading hyperparameters from: {config_path(algo)}" in result.stdout
     assert saved_config(run) == {**config_entry(algo, "Pendulum-v1"), "learning_starts": 100}
     model = AVAILABLE[algo].load(run / "Pendulum-v1.zip", device="cpu")
     assert model.num_timesteps == 300
     assert model.policy.actor.diffusion_steps == config_entry(algo, "Pendulum-v1")["policy_kwargs"]["diffusion_steps"]
 
-
-def test_enjoy(trained):
-    algo, folder, _ = trained
     args = ["-m", "rl_zoo3.enjoy", "--algo", algo, "--env", "Pendulum-v1", "-f", "logs", "-n", "210", "--no-render"]
-    result = zoo([*args, "--num-threads", "1"], folder)
+    result = zoo([*args, "--num-threads", "1"], tmp_path)
     assert f"Loading logs/{algo}/Pendulum-v1_1/Pendulum-v1.zip" in result.stdout
     returns = [float(value) for value in re.findall(r"Episode Reward: (\S+)", result.stdout)]
     assert len(returns) == 1 and -3300 < returns[0] <= 0  # one 200-step episode of Pendulum (reward >= -16.3 a step)
+
+
+def test_record_video_knows_our_algorithms(tmp_path):
+    # Recording itself needs moviepy and a renderer; the registration is what this package adds
+    usage = zoo(["-m", "rl_zoo3.record_video", "--help"], tmp_path).stdout
+    algos = re.search(r"--algo \{([^}]*)\}", usage)
+    assert algos is not None and set(AVAILABLE) <= set(algos.group(1).split(",")), usage
 
 
 def test_conf_overrides_shipped_config(tmp_path):
@@ -184,6 +180,11 @@ def test_two_workers_share_one_study(kind, tmp_path):
         if not storage:
             pytest.skip(f"set {STORAGE_URL_VAR} to a database URL to run two workers on it")
     study_name = f"shared-{uuid.uuid4().hex[:8]}"
+    if kind == "url":
+        # As docs/zoo.md says: create the study (and the tables of a fresh database) once, before the
+        # workers; workers that start together on an empty database race to create the tables
+        create = ["create-study", "--storage", storage, "--study-name", study_name, "--direction", "maximize"]
+        zoo(["-c", "import sys; from optuna.cli import main; sys.exit(main())", *create], tmp_path)
     args = [*optimize_args("sdac", 2), "--storage", storage, "--study-name", study_name]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     env.pop(ENV_VAR, None)
