@@ -350,15 +350,17 @@ def test_register_is_idempotent(tmp_path):
 @pytest.mark.slow
 @pytest.mark.parametrize("editable", [False, True], ids=["pip-install", "pip-install-e"])
 def test_fresh_install_in_a_venv(editable, tmp_path):
-    # A clean copy of the project installed into a new virtual environment (which sees the packages
-    # of this one), then the unchanged RL Zoo command from another folder
+    # A clean copy of the project installed into a new virtual environment, then the unchanged RL Zoo
+    # command from another folder. The venv sees the packages of this environment, its pip and
+    # setuptools included (--without-pip: no older copies bundled with the venv module)
     source = tmp_path / "source"
     shutil.copytree(ROOT, source, ignore=shutil.ignore_patterns(".git", ".venv", "build", "*.egg-info", "logs", "__pycache__"))
     venv = tmp_path / "venv"
-    subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", str(venv)], check=True)
+    subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", "--without-pip", str(venv)], check=True)
     python = str(venv / "bin" / "python")
     install = [python, "-m", "pip", "install", "--no-deps", "--no-build-isolation", *(["-e"] if editable else []), str(source)]
-    subprocess.run(install, check=True, capture_output=True)
+    installed = subprocess.run(install, capture_output=True, text=True)
+    assert installed.returncode == 0, installed.stdout[-3000:] + installed.stderr[-3000:]
     (tmp_path / "run").mkdir()
     code = "import sb3_diffusion.zoo as z; print(z.config_path('sdac')); print(z.__file__)"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
