@@ -231,29 +231,49 @@ class QVPO(DiffusionOffPolicyAlgorithm):
         return weights, best_index
 
     def actor_regression_rows(
-        self, obs: th.Tensor, samples: th.Tensor, q_values: th.Tensor, entropy_weight: float
-    ) -> tuple[th.Tensor, th.Tensor, th.Tensor]:
+        self, obs: th.Tensor, samples: th.Tensor, entropy_weight: float
+    ) -> tuple[th.Tensor, th.Tensor, th.Tensor, th.Tensor]:
         """
         The clean actions and weights that the actor's noise-prediction loss regresses on.
 
-        Each state contributes ``1 + n_uniform_samples`` consecutive rows: its best sample with weight
-        ``w(s)``, then ``n_uniform_samples`` uniform actions in [-1, 1]^d with weight ``entropy_weight * w(s)``.
+        The samples are scored with ``min(Q1, Q2)`` of the (online) critics. Each state contributes
+        ``1 + n_uniform_samples`` consecutive rows: its best sample with weight ``w(s)``, then
+        ``n_uniform_samples`` uniform actions in [-1, 1]^d with weight ``entropy_weight * w(s)``.
 
         :param obs: States, batch of B
         :param samples: The actor's samples at those states, shape (B, N_d, d)
-        :param q_values: ``min(Q1, Q2)`` of the samples, shape (B, N_d)
         :param entropy_weight: ``omega_ent``
-        :return: ``(obs_rows, actions, row_weights)`` with B * (1 + n_uniform_samples) rows
+        :return: ``(obs_rows, actions, row_weights, weights)``: B * (1 + n_uniform_samples) rows of
+            observations, actions (d columns) and weights, and the weights ``w(s)`` of the B states
         """
-        batch_size, _, action_dim = samples.shape
-        weights, best_index = self.policy_weights(q_values)
-        best_actions = samples[th.arange(batch_size, device=samples.device), best_index]
-        uniform = th.rand(batch_size, self.n_uniform_samples, action_dim, device=samples.device) * 2.0 - 1.0
-        actions = th.cat([best_actions[:, None, :], uniform], dim=1).view(-1, action_dim)
-        factors = th.full((1 + self.n_uniform_samples,), entropy_weight, device=samples.device)
-        factors[0] = 1.0
-        row_weights = (weights[:, None] * factors).view(-1)
-        return repeat_obs(obs, 1 + self.n_uniform_samples), actions, row_weights
+        batch_size, n_samples, action_dim = samples.shape
+        with th.no_grad():
+            q_values = min_q(self.critic, repeat_obs(obs, n_samples), samples.reshape(-1, action_dim))
+            weights, best_index = self.policy_weights(q_values.view(batch_size, n_samples))
+            best_actions = samples[th.arange(batch_size, device=samples.device), best_index]
+            uniform = th.rand(batch_size, self.n_uniform_samples, action_dim, device=samples.device) * 2.0 - 1.0
+            actions = th.cat([best_actions[:, None, :], uniform], dim=1).view(-1, action_dim)
+            factors = th.full((1 + self.n_uniform_samples,), entropy_weight, device=samples.device)
+            factors[0] = 1.0
+            row_weights = (weights[:, None] * factors).view(-1)
+        return repeat_obs(obs, 1 + self.n_uniform_samples), actions, row_weights, weights
+
+    def weighted_noise_loss(self, obs_rows: th.Tensor, actions: th.Tensor, row_weights: th.Tensor) -> th.Tensor:
+        """
+        The actor's loss: mean over rows and action dimensions of
+        ``weight * (eps - eps_theta(sqrt(abar_t) a + sqrt(1 - abar_t) eps, s, t))^2``,
+        with ``t ~ U{0 .. T-1}`` and ``eps ~ N(0, I)`` drawn per row.
+
+        :param obs_rows: Observations, one per row
+        :param actions: Clean actions in [-1, 1], shape (N, d)
+        :param row_weights: Weights, shape (N,)
+        """
+        schedule = self.actor.schedule
+        t = th.randint(schedule.n_steps, (actions.shape[0],), device=actions.device)
+        noise = th.randn_like(actions)
+        noisy_actions = schedule.q_sample(actions, t, noise)
+        predicted_noise = self.actor.predict_noise(obs_rows, noisy_actions, t)
+        return (row_weights[:, None] * (predicted_noise - noise).square()).mean()
 
     def train(self, gradient_steps: int, batch_size: int = 64) -> None:
         # Switch to train mode (this affects batch norm / dropout)
@@ -262,7 +282,6 @@ class QVPO(DiffusionOffPolicyAlgorithm):
         self._update_learning_rate([self.critic.optimizer])
         self._set_lr(self.actor.optimizer, self.actor_learning_rate)
         entropy_weight = self.entropy_weight_at(self._current_progress_remaining)
-        schedule = self.actor.schedule
 
         actor_losses, critic_losses, max_weights, mean_weights = [], [], [], []
         for _ in range(gradient_steps):
@@ -292,19 +311,10 @@ class QVPO(DiffusionOffPolicyAlgorithm):
             # critics just updated
             obs = self.replay_buffer.sample(batch_size, env=self._vec_normalize_env).observations  # type: ignore[union-attr]
             samples = self.actor.sample(obs, self.n_policy_samples)
-            with th.no_grad():
-                q_values = min_q(self.critic, repeat_obs(obs, self.n_policy_samples), samples.view(-1, samples.shape[-1]))
-                obs_rows, actions, row_weights = self.actor_regression_rows(
-                    obs, samples, q_values.view(batch_size, -1), entropy_weight
-                )
-                max_weights.append(row_weights[:: 1 + self.n_uniform_samples].max())
-                mean_weights.append(row_weights[:: 1 + self.n_uniform_samples].mean())
-                t = th.randint(schedule.n_steps, (actions.shape[0],), device=self.device)
-                noise = th.randn_like(actions)
-                noisy_actions = schedule.q_sample(actions, t, noise)
-
-            predicted_noise = self.actor.predict_noise(obs_rows, noisy_actions, t)
-            actor_loss = (row_weights[:, None] * (predicted_noise - noise).square()).mean()
+            obs_rows, actions, row_weights, weights = self.actor_regression_rows(obs, samples, entropy_weight)
+            max_weights.append(weights.max())
+            mean_weights.append(weights.mean())
+            actor_loss = self.weighted_noise_loss(obs_rows, actions, row_weights)
             actor_losses.append(actor_loss.detach())
             self.actor.optimizer.zero_grad()
             actor_loss.backward()
