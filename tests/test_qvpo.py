@@ -164,7 +164,7 @@ def test_weighted_noise_loss_by_hand(monkeypatch):
     monkeypatch.setattr(model.actor, "predict_noise", zero_noise_prediction)
     th.manual_seed(0)
     n_rows = 600
-    actions = th.rand(n_rows, 1) * 2 - 1
+    actions = th.rand(n_rows, 2) * 2 - 1  # two action dimensions: the loss averages over them too
     row_weights = th.rand(n_rows) * 3
     obs_rows = th.randn(n_rows, 3)
     loss = model.weighted_noise_loss(obs_rows, actions, row_weights)
