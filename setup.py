@@ -15,13 +15,13 @@ from setuptools import setup
 from setuptools.command.build_py import build_py
 
 ROOT = Path(__file__).resolve().parent
-HOOK_SOURCE = Path("sb3_diffusion", "zoo", "hook.py")
+HOOK_SOURCE = ROOT / "sb3_diffusion" / "zoo" / "hook.py"
 HOOK_MODULE = "_sb3_diffusion_zoo_hook"
 # site.py runs .pth lines that start with "import"; the hook checks SB3_DIFFUSION_NO_ZOO_HOOK itself.
 # The name sorts after setuptools' "__editable__.*.pth", though the hook module does not depend on it.
 PTH_NAME = "sb3_diffusion_zoo.pth"
 PTH_LINE = f"import {HOOK_MODULE}; {HOOK_MODULE}.install()\n"
-CONFIGS = sorted(Path("hyperparams").glob("*.yml"))
+CONFIGS = sorted((ROOT / "hyperparams").glob("*.yml"))
 
 
 class BuildPyWithZooHook(build_py):
@@ -57,7 +57,7 @@ class BuildPyWithZooHook(build_py):
     def get_output_mapping(self) -> dict[str, str]:
         # Lets a strict editable install (a link tree) link the configs into the package too
         mapping = dict(super().get_output_mapping())
-        mapping.update({str(self._config_output(config)): os.fspath(ROOT / config) for config in CONFIGS})
+        mapping.update({str(self._config_output(config)): os.fspath(config) for config in CONFIGS})
         return mapping
 
 
