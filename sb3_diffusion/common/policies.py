@@ -15,6 +15,14 @@ from stable_baselines3.common.type_aliases import PyTorchObs, Schedule
 from torch import nn
 
 from sb3_diffusion.common.diffusion import BETA_SCHEDULES, DiffusionSchedule, make_betas
+from sb3_diffusion.common.kernels import (
+    COMPILE_MODES,
+    RowMLP,
+    chunk_rows_for,
+    chunk_states,
+    split_mlp,
+    use_compiled,
+)
 from sb3_diffusion.common.networks import INITIALIZATIONS, Mish, NoisePredictionNet, init_mlp_
 from sb3_diffusion.common.utils import check_action_space, check_choice, check_float, check_int
 
@@ -39,6 +47,8 @@ class DiffusionActor(BasePolicy):
     :param time_embed_scale: Scale of the embedding
     :param init: Weight initialisation of the noise network (``"haiku"``, ``"qvpo"``, ``"torch"``)
     :param normalize_images: Whether to normalize images or not, dividing by 255.0
+    :param compile_mode: ``"auto"``, ``"on"`` or ``"off"``: whether sampling uses ``torch.compile``'d
+        kernels (see :mod:`sb3_diffusion.common.kernels`; same results within float rounding)
     """
 
     action_space: spaces.Box
@@ -61,6 +71,7 @@ class DiffusionActor(BasePolicy):
         time_embed_scale: float = 0.25,
         init: str = "haiku",
         normalize_images: bool = True,
+        compile_mode: str = "auto",
     ):
         super().__init__(
             observation_space,
@@ -73,6 +84,7 @@ class DiffusionActor(BasePolicy):
         self.features_dim = features_dim
         self.activation_fn = activation_fn
         self.init_noise_scale = init_noise_scale
+        self.compile_mode = compile_mode
         self.action_dim = get_action_dim(self.action_space)
         self.schedule = DiffusionSchedule(make_betas(beta_schedule, diffusion_steps, **(beta_schedule_kwargs or {})))
         self.noise_net = NoisePredictionNet(
@@ -128,11 +140,56 @@ class DiffusionActor(BasePolicy):
                 noise = self.draw_chain_noise(features.shape[0], n_samples)
             features_part = self.noise_net.features_in(features)
             time_table = self.noise_net.time_table(self.diffusion_steps)
-            x = noise[0] * self.init_noise_scale
-            for t in reversed(range(self.diffusion_steps)):
-                eps = self.noise_net.forward_shared(features_part, x, time_table[t])
-                x = self.schedule.reverse_step(x, t, eps, noise[t] if t > 0 else None)
+            x = self._reverse_chain(features_part, time_table, noise)
         return x.clone()
+
+    def _reverse_chain(self, features_part: th.Tensor, time_table: th.Tensor, noise: th.Tensor) -> th.Tensor:
+        """
+        The reverse chains of all candidates, chunk by chunk of whole states: every chunk runs its full
+        chain in buffers that stay in the CPU caches (rows are independent, so chunking changes nothing).
+
+        :param features_part: ``features_in(features)``, shape (B, width)
+        :param time_table: The time block for every step, shape (T, width)
+        :param noise: Chain noise, shape (T, B, K, d)
+        :return: x_0, shape (B, K, d)
+        """
+        _, batch_size, n_samples, action_dim = noise.shape
+        device = features_part.device
+        compiled = use_compiled(self.compile_mode, device, batch_size * n_samples * features_part.shape[1])
+        chunks = chunk_states(batch_size, n_samples, chunk_rows_for(device))
+        mlp = self.noise_net.row_mlp(max(stop - start for start, stop in chunks) * n_samples, compiled=compiled)
+        out = th.empty((batch_size, n_samples, action_dim), device=device, dtype=noise.dtype)
+        for start, stop in chunks:
+            chunk_features = features_part[start:stop]
+            x = noise[0, start:stop] * self.init_noise_scale
+            for t in reversed(range(self.diffusion_steps)):
+                eps = mlp(chunk_features + time_table[t], x).view_as(x)
+                x = self.schedule.reverse_step(x, t, eps, noise[t, start:stop] if t > 0 else None)
+            out[start:stop] = x
+        return out
+
+    def sample_reference(self, obs: PyTorchObs, n_samples: int, noise: th.Tensor) -> th.Tensor:
+        """
+        The plain computation of :meth:`sample` (the full network on every row, no decomposition,
+        chunking or fused kernels), kept as the reference of the equivalence tests.
+        """
+        with th.no_grad():
+            features = self.extract_features(obs, self.features_extractor)
+            batch_size = features.shape[0]
+            rows = batch_size * n_samples
+            features = features.repeat_interleave(n_samples, dim=0)
+            x = noise[0].reshape(rows, -1) * self.init_noise_scale
+            for t in reversed(range(self.diffusion_steps)):
+                steps = th.full((rows,), t, device=x.device, dtype=th.long)
+                eps = self.noise_net(features, x, steps)
+                x0 = (
+                    x * self.schedule.coef("sqrt_recip_alphas_cumprod", t)
+                    - eps * self.schedule.coef("sqrt_recipm1_alphas_cumprod", t)
+                ).clamp(-1.0, 1.0)
+                x = self.schedule.coef("posterior_mean_coef1", t) * x0 + self.schedule.coef("posterior_mean_coef2", t) * x
+                if t > 0:
+                    x = x + self.schedule.coef("posterior_std", t) * noise[t].reshape(rows, -1)
+        return x.view(batch_size, n_samples, -1)
 
     def forward(self, obs: PyTorchObs, deterministic: bool = False) -> th.Tensor:
         return self.sample(obs, 1)[:, 0]
@@ -142,13 +199,83 @@ class DiffusionActor(BasePolicy):
 
     def _get_constructor_parameters(self) -> dict[str, Any]:
         data = super()._get_constructor_parameters()
-        data.update(dict(net_arch=self.net_arch, features_dim=self.features_dim, activation_fn=self.activation_fn))
+        data.update(
+            dict(
+                net_arch=self.net_arch,
+                features_dim=self.features_dim,
+                activation_fn=self.activation_fn,
+                compile_mode=self.compile_mode,
+            )
+        )
         return data
 
 
-def min_q(critic: ContinuousCritic, obs: th.Tensor, actions: th.Tensor) -> th.Tensor:
-    """Minimum over the critics of Q(obs, actions), shape (N,)."""
-    return th.cat(critic(obs, actions), dim=1).min(dim=1).values
+def min_q(critic: ContinuousCritic, obs: th.Tensor, actions: th.Tensor, compile_mode: str = "auto") -> th.Tensor:
+    """
+    Minimum over the critics of Q(obs, actions).
+
+    Two forms:
+
+    - ``actions`` of shape (N, d) with N observations: one action per observation, result (N,);
+    - ``actions`` of shape (B, K, d) with B observations: K candidate actions per state, result (B, K).
+      Without autograd this computes each state's observation block of the critics' first layer once
+      for its K candidates (the same function as the critics on repeated observations, up to float
+      rounding) and runs the rest in cache-sized chunks; with autograd on it is the plain computation.
+
+    :param critic: The critics
+    :param obs: Observations
+    :param actions: Actions, (N, d) or (B, K, d)
+    :param compile_mode: Compile mode of the fast path (see :mod:`sb3_diffusion.common.kernels`)
+    """
+    if actions.dim() == 2:
+        return th.cat(critic(obs, actions), dim=1).min(dim=1).values
+    batch_size, n_candidates, action_dim = actions.shape
+    if th.is_grad_enabled() or _critic_blocks(critic) is None:
+        flat = actions.reshape(batch_size * n_candidates, action_dim)
+        return min_q(critic, repeat_obs(obs, n_candidates), flat).view(batch_size, n_candidates)
+    with th.inference_mode():
+        q_values = _min_q_per_state(critic, obs, actions, compile_mode)
+    return q_values.clone()
+
+
+def _critic_blocks(critic: ContinuousCritic) -> list[tuple[list[nn.Linear], list[nn.Module]]] | None:
+    """The layers of each Q network if all are plain MLPs with at least one hidden layer, else None."""
+    blocks = []
+    for q_net in critic.q_networks:
+        parts = split_mlp(q_net)
+        if parts is None or len(parts[0]) < 2:
+            return None
+        blocks.append(parts)
+    return blocks
+
+
+def _min_q_per_state(critic: ContinuousCritic, obs: th.Tensor, actions: th.Tensor, compile_mode: str) -> th.Tensor:
+    blocks = _critic_blocks(critic)
+    assert blocks is not None
+    batch_size, n_candidates, _ = actions.shape
+    features = critic.extract_features(obs, critic.features_extractor)
+    features_dim = features.shape[1]
+    device = actions.device
+    width = blocks[0][0][0].out_features
+    compiled = use_compiled(compile_mode, device, batch_size * n_candidates * width)
+    chunks = chunk_states(batch_size, n_candidates, chunk_rows_for(device))
+    max_rows = max(stop - start for start, stop in chunks) * n_candidates
+    mlps, state_parts = [], []
+    for linears, activations in blocks:
+        first = linears[0]
+        # Q(s, a) = ... act(W_s s + W_a a + b): the observation block once per state
+        state_parts.append(th.nn.functional.linear(features, first.weight[:, :features_dim], first.bias))
+        mlps.append(RowMLP(first.weight[:, features_dim:], activations, linears[1:], max_rows, compiled=compiled))
+    out = th.empty((batch_size, n_candidates), device=device, dtype=actions.dtype)
+    for start, stop in chunks:
+        target = out[start:stop]
+        for index, (mlp, state_part) in enumerate(zip(mlps, state_parts, strict=True)):
+            q_values = mlp(state_part[start:stop], actions[start:stop]).view(stop - start, n_candidates)
+            if index == 0:
+                target.copy_(q_values)
+            else:
+                th.minimum(target, q_values, out=target)
+    return out
 
 
 def repeat_obs(obs: PyTorchObs, n: int) -> PyTorchObs:
@@ -202,6 +329,10 @@ class DiffusionActorPolicy(BasePolicy):
     :param optimizer_class: The optimizer to use, ``th.optim.Adam`` by default
     :param optimizer_kwargs: Additional keyword arguments, excluding the learning rate, to pass to the optimizer
     :param n_critics: Number of critic networks
+    :param compile_mode: ``"auto"`` (default), ``"on"`` or ``"off"``: whether sampling and candidate
+        scoring use ``torch.compile``'d kernels (CPU) or a captured CUDA graph of the reverse chain (CUDA).
+        ``"auto"`` compiles on CPU only for large batches; the environment variable
+        ``SB3_DIFFUSION_COMPILE`` overrides it. The results are the same up to float rounding.
     """
 
     actor: DiffusionActor
@@ -237,6 +368,7 @@ class DiffusionActorPolicy(BasePolicy):
         optimizer_class: type[th.optim.Optimizer] = th.optim.Adam,
         optimizer_kwargs: dict[str, Any] | None = None,
         n_critics: int = 2,
+        compile_mode: str = "auto",
     ):
         check_action_space(action_space)
         if isinstance(observation_space, spaces.Dict) and features_extractor_class is FlattenExtractor:
@@ -275,12 +407,14 @@ class DiffusionActorPolicy(BasePolicy):
         self.n_eval_candidates = check_int("n_eval_candidates", n_eval_candidates)
         self.behavior_actor = check_choice("behavior_actor", behavior_actor, ("ema", "online"))
         self.n_critics = check_int("n_critics", n_critics)
+        self.compile_mode = check_choice("compile_mode", compile_mode, COMPILE_MODES)
         self.actor_kwargs = dict(
             observation_space=self.observation_space,
             action_space=self.action_space,
             net_arch=actor_arch,
             activation_fn=activation_fn,
             normalize_images=normalize_images,
+            compile_mode=self.compile_mode,
             **self.diffusion_kwargs,
         )
         self.critic_kwargs = dict(
@@ -339,6 +473,7 @@ class DiffusionActorPolicy(BasePolicy):
                 features_extractor_class=self.features_extractor_class,
                 features_extractor_kwargs=self.features_extractor_kwargs,
                 n_critics=self.n_critics,
+                compile_mode=self.compile_mode,
             )
         )
         return data
@@ -369,8 +504,7 @@ class DiffusionActorPolicy(BasePolicy):
             return candidates[:, 0]
         batch_size = candidates.shape[0]
         with th.inference_mode():
-            q_values = min_q(critic, repeat_obs(obs, n_candidates), candidates.reshape(batch_size * n_candidates, -1))
-            best = q_values.view(batch_size, n_candidates).argmax(dim=1)
+            best = min_q(critic, obs, candidates, compile_mode=self.compile_mode).argmax(dim=1)
         return candidates[th.arange(batch_size, device=candidates.device), best.clone()]
 
     def add_exploration_noise(self, actions: th.Tensor, std: float | th.Tensor | None = None) -> th.Tensor:
