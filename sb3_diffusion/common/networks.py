@@ -3,6 +3,7 @@ Networks of the diffusion policies: sinusoidal time embedding, an exact Mish wit
 path, the noise-prediction MLP with a decomposed first layer, and weight initialisations.
 """
 
+import itertools
 import math
 
 import torch as th
@@ -150,7 +151,7 @@ class NoisePredictionNet(nn.Module):
         self.action_in = nn.Linear(action_dim, width, bias=False)
         self.time_in = nn.Linear(time_embed_dim, width, bias=False)
         layers: list[nn.Module] = [activation_fn()]
-        for size_in, size_out in zip(net_arch[:-1], net_arch[1:], strict=True):
+        for size_in, size_out in itertools.pairwise(net_arch):
             layers += [nn.Linear(size_in, size_out), activation_fn()]
         layers.append(nn.Linear(net_arch[-1], action_dim))
         self.body = nn.Sequential(*layers)

@@ -14,7 +14,14 @@ from stable_baselines3.common.torch_layers import BaseFeaturesExtractor, Flatten
 from stable_baselines3.common.type_aliases import PyTorchObs, Schedule
 from torch import nn
 
-from sb3_diffusion.common.diffusion import BETA_SCHEDULES, DiffusionSchedule, make_betas
+from sb3_diffusion.common.diffusion import (
+    BETA_SCHEDULES,
+    SAMPLERS,
+    DiffusionSchedule,
+    make_betas,
+    respace_betas,
+    respaced_timesteps,
+)
 from sb3_diffusion.common.kernels import (
     COMPILE_MODES,
     RowMLP,
@@ -49,6 +56,10 @@ class DiffusionActor(BasePolicy):
     :param normalize_images: Whether to normalize images or not, dividing by 255.0
     :param compile_mode: ``"auto"``, ``"on"`` or ``"off"``: whether sampling uses ``torch.compile``'d
         kernels (see :mod:`sb3_diffusion.common.kernels`; same results within float rounding)
+    :param sampling_steps: Steps of the reverse chain when sampling (None: all T). Fewer steps use a
+        re-spaced schedule (DDPM respacing: the kept steps keep their abar; see ``respace_betas``);
+        training is unchanged.
+    :param sampler: ``"ddpm"`` (the default, stochastic) or ``"ddim"`` (deterministic DDIM, eta = 0)
     """
 
     action_space: spaces.Box
@@ -72,6 +83,8 @@ class DiffusionActor(BasePolicy):
         init: str = "haiku",
         normalize_images: bool = True,
         compile_mode: str = "auto",
+        sampling_steps: int | None = None,
+        sampler: str = "ddpm",
     ):
         super().__init__(
             observation_space,
@@ -86,7 +99,17 @@ class DiffusionActor(BasePolicy):
         self.init_noise_scale = init_noise_scale
         self.compile_mode = compile_mode
         self.action_dim = get_action_dim(self.action_space)
-        self.schedule = DiffusionSchedule(make_betas(beta_schedule, diffusion_steps, **(beta_schedule_kwargs or {})))
+        betas = make_betas(beta_schedule, diffusion_steps, **(beta_schedule_kwargs or {}))
+        self.schedule = DiffusionSchedule(betas)
+        # The chain used for sampling: the training schedule, or its re-spaced / DDIM version (not saved:
+        # it is a function of the constructor arguments)
+        self.sampling_timesteps = respaced_timesteps(diffusion_steps, sampling_steps or diffusion_steps)
+        self.sampler = sampler
+        self._sampling_schedule: DiffusionSchedule | None = None
+        if len(self.sampling_timesteps) < diffusion_steps or sampler != "ddpm":
+            self._sampling_schedule = DiffusionSchedule(
+                respace_betas(betas, self.sampling_timesteps), sampler=sampler, persistent=False
+            )
         self.noise_net = NoisePredictionNet(
             features_dim,
             self.action_dim,
@@ -101,7 +124,18 @@ class DiffusionActor(BasePolicy):
 
     @property
     def diffusion_steps(self) -> int:
+        """T, the steps of the training schedule."""
         return self.schedule.n_steps
+
+    @property
+    def sampling_schedule(self) -> DiffusionSchedule:
+        """The schedule of the sampling chain (the training schedule unless re-spaced or DDIM)."""
+        return self.schedule if self._sampling_schedule is None else self._sampling_schedule
+
+    @property
+    def sampling_steps(self) -> int:
+        """Steps of the reverse chain when sampling (T unless re-spaced)."""
+        return len(self.sampling_timesteps)
 
     def predict_noise(self, obs: PyTorchObs, x_t: th.Tensor, t: th.Tensor) -> th.Tensor:
         """``eps_theta(s, a_t, t)`` for rows that each have their own step (the training forward)."""
@@ -111,12 +145,13 @@ class DiffusionActor(BasePolicy):
     def draw_chain_noise(self, batch_size: int, n_samples: int, generators: list[th.Generator] | None = None) -> th.Tensor:
         """
         All the standard normal noise of ``n_samples`` reverse chains per state, in one tensor of shape
-        (T, batch_size, n_samples, d): slice 0 starts the chain, slice t >= 1 is the noise of step t.
+        (S, batch_size, n_samples, d) with S = ``sampling_steps``: slice 0 starts the chain, slice i >= 1
+        is the noise of sampling step i.
 
         :param generators: One CPU generator per state (the noise of each state then depends only on its
             generator); None draws from the global generator on the policy's device.
         """
-        shape = (self.diffusion_steps, n_samples, self.action_dim)
+        shape = (self.sampling_steps, n_samples, self.action_dim)
         if generators is None:
             return th.randn((shape[0], batch_size, *shape[1:]), device=self.device)
         assert len(generators) == batch_size
@@ -150,9 +185,10 @@ class DiffusionActor(BasePolicy):
 
         :param features_part: ``features_in(features)``, shape (B, width)
         :param time_table: The time block for every step, shape (T, width)
-        :param noise: Chain noise, shape (T, B, K, d)
+        :param noise: Chain noise, shape (S, B, K, d)
         :return: x_0, shape (B, K, d)
         """
+        schedule, steps = self.sampling_schedule, self.sampling_timesteps
         _, batch_size, n_samples, action_dim = noise.shape
         device = features_part.device
         compiled = use_compiled(self.compile_mode, device, batch_size * n_samples * features_part.shape[1])
@@ -162,9 +198,10 @@ class DiffusionActor(BasePolicy):
         for start, stop in chunks:
             chunk_features = features_part[start:stop]
             x = noise[0, start:stop] * self.init_noise_scale
-            for t in reversed(range(self.diffusion_steps)):
-                eps = mlp(chunk_features + time_table[t], x).view_as(x)
-                x = self.schedule.reverse_step(x, t, eps, noise[t, start:stop] if t > 0 else None)
+            for i in reversed(range(len(steps))):
+                # the network sees the original step; the re-spaced schedule gives the coefficients
+                eps = mlp(chunk_features + time_table[steps[i]], x).view_as(x)
+                x = schedule.reverse_step(x, i, eps, noise[i, start:stop] if i > 0 else None)
             out[start:stop] = x
         return out
 
@@ -179,16 +216,16 @@ class DiffusionActor(BasePolicy):
             rows = batch_size * n_samples
             features = features.repeat_interleave(n_samples, dim=0)
             x = noise[0].reshape(rows, -1) * self.init_noise_scale
-            for t in reversed(range(self.diffusion_steps)):
-                steps = th.full((rows,), t, device=x.device, dtype=th.long)
+            schedule = self.sampling_schedule
+            for i in reversed(range(self.sampling_steps)):
+                steps = th.full((rows,), self.sampling_timesteps[i], device=x.device, dtype=th.long)
                 eps = self.noise_net(features, x, steps)
                 x0 = (
-                    x * self.schedule.coef("sqrt_recip_alphas_cumprod", t)
-                    - eps * self.schedule.coef("sqrt_recipm1_alphas_cumprod", t)
+                    x * schedule.coef("sqrt_recip_alphas_cumprod", i) - eps * schedule.coef("sqrt_recipm1_alphas_cumprod", i)
                 ).clamp(-1.0, 1.0)
-                x = self.schedule.coef("posterior_mean_coef1", t) * x0 + self.schedule.coef("posterior_mean_coef2", t) * x
-                if t > 0:
-                    x = x + self.schedule.coef("posterior_std", t) * noise[t].reshape(rows, -1)
+                x = schedule.coef("posterior_mean_coef1", i) * x0 + schedule.coef("posterior_mean_coef2", i) * x
+                if i > 0 and schedule.sampler == "ddpm":
+                    x = x + schedule.coef("posterior_std", i) * noise[i].reshape(rows, -1)
         return x.view(batch_size, n_samples, -1)
 
     def forward(self, obs: PyTorchObs, deterministic: bool = False) -> th.Tensor:
@@ -205,6 +242,8 @@ class DiffusionActor(BasePolicy):
                 features_dim=self.features_dim,
                 activation_fn=self.activation_fn,
                 compile_mode=self.compile_mode,
+                sampling_steps=self.sampling_steps,
+                sampler=self.sampler,
             )
         )
         return data
@@ -333,6 +372,9 @@ class DiffusionActorPolicy(BasePolicy):
         scoring use ``torch.compile``'d kernels (CPU) or a captured CUDA graph of the reverse chain (CUDA).
         ``"auto"`` compiles on CPU only for large batches; the environment variable
         ``SB3_DIFFUSION_COMPILE`` overrides it. The results are the same up to float rounding.
+    :param sampling_steps: Cheaper sampling, an option: reverse-chain steps when sampling (None: all
+        ``diffusion_steps``); fewer steps use a re-spaced schedule. Training is unchanged.
+    :param sampler: ``"ddpm"`` (default) or ``"ddim"`` (deterministic DDIM, eta = 0, an option)
     """
 
     actor: DiffusionActor
@@ -369,6 +411,8 @@ class DiffusionActorPolicy(BasePolicy):
         optimizer_kwargs: dict[str, Any] | None = None,
         n_critics: int = 2,
         compile_mode: str = "auto",
+        sampling_steps: int | None = None,
+        sampler: str = "ddpm",
     ):
         check_action_space(action_space)
         if isinstance(observation_space, spaces.Dict) and features_extractor_class is FlattenExtractor:
@@ -401,7 +445,14 @@ class DiffusionActorPolicy(BasePolicy):
             time_embed_shift=check_int("time_embed_shift", time_embed_shift, minimum=0),
             time_embed_scale=check_float("time_embed_scale", time_embed_scale),
             init=check_choice("init", init, INITIALIZATIONS),
+            sampling_steps=None if sampling_steps is None else check_int("sampling_steps", sampling_steps),
+            sampler=check_choice("sampler", sampler, SAMPLERS),
         )
+        if sampling_steps is not None and sampling_steps > diffusion_steps:
+            raise ValueError(
+                f"sampling_steps must be at most diffusion_steps ({diffusion_steps}), got {sampling_steps}: "
+                "it selects a subset of the diffusion steps"
+            )
         self.critic_init = check_choice("critic_init", critic_init, INITIALIZATIONS)
         self.n_behavior_candidates = check_int("n_behavior_candidates", n_behavior_candidates)
         self.n_eval_candidates = check_int("n_eval_candidates", n_eval_candidates)
