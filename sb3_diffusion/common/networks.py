@@ -9,6 +9,7 @@ import math
 import torch as th
 from torch import nn
 from torch.nn import functional as F
+import itertools
 
 from sb3_diffusion.common.kernels import RowMLP
 

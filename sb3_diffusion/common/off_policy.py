@@ -3,12 +3,14 @@
 from typing import Any
 
 import torch as th
+from stable_baselines3.common.type_aliases import GymEnv
+from stable_baselines3.common.vec_env import VecEnv
 from stable_baselines3.common.off_policy_algorithm import OffPolicyAlgorithm
 from stable_baselines3.common.policies import ContinuousCritic
 from stable_baselines3.common.utils import polyak_update
 
 from sb3_diffusion.common.policies import DiffusionActor, DiffusionActorPolicy
-from sb3_diffusion.common.utils import check_float, check_int
+from sb3_diffusion.common.utils import check_action_space, check_float, check_int
 
 
 class DiffusionOffPolicyAlgorithm(OffPolicyAlgorithm):
@@ -31,6 +33,13 @@ class DiffusionOffPolicyAlgorithm(OffPolicyAlgorithm):
         check_int("learning_starts", learning_starts, minimum=0)
         check_float("tau", tau, minimum=0.0, strict=False, maximum=1.0)
         check_float("gamma", gamma, minimum=0.0, strict=False, maximum=1.0)
+
+    @staticmethod
+    def _wrap_env(env: GymEnv, verbose: int = 0, monitor_wrapper: bool = True) -> VecEnv:
+        # Every way an environment enters (constructor, set_env, load) goes through here: check the
+        # action space before SB3's generic assertions so that the error says what a diffusion policy needs.
+        check_action_space(env.action_space)
+        return OffPolicyAlgorithm._wrap_env(env, verbose, monitor_wrapper)
 
     @staticmethod
     def _forward_to_policy(policy_kwargs: dict[str, Any] | None, **values: int) -> dict[str, Any]:

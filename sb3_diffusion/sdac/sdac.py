@@ -274,7 +274,9 @@ class SDAC(DiffusionOffPolicyAlgorithm):
                     states = th.cat([replay_data.next_observations, replay_data.observations])
                     next_actions, new_actions = self.policy.best_of_k(states, self.n_candidates).split(batch_size)
                     new_actions = self.policy.add_exploration_noise(new_actions, noise_std)
-                    a_t, t, target_noise, weights = self.reverse_sampling_target(replay_data.observations, new_actions, lambda_)
+                    a_t, t, target_noise, weights = self.reverse_sampling_target(
+                        replay_data.observations, new_actions, lambda_
+                    )
                     max_weights.append(weights.max(dim=1).values.mean())
                 else:
                     next_actions = self.policy.best_of_k(replay_data.next_observations, self.n_candidates)

@@ -1,0 +1,154 @@
+"""The diffusion maths: schedules against closed forms, the reverse sampler against known Gaussians,
+the time embedding, the initialisations and the decomposed noise network."""
+
+import math
+
+import numpy as np
+import pytest
+import torch as th
+from torch.nn import functional as F
+
+from sb3_diffusion.common.diffusion import DiffusionSchedule, cosine_betas, linear_betas, make_betas, vp_betas
+from sb3_diffusion.common.networks import NoisePredictionNet, SinusoidalEmbedding, init_linear_, mish_inference
+
+
+def test_cosine_alphas_cumprod_closed_form():
+    n_steps, s = 20, 0.008
+    abar = np.cumprod(1 - cosine_betas(n_steps))
+    f = lambda u: math.cos((u / n_steps + s) / (1 + s) * math.pi / 2) ** 2  # noqa: E731
+    expected = np.array([f(t + 1) / f(0) for t in range(n_steps)])
+    # all but the last step are unaffected by the 0.999 clip
+    np.testing.assert_allclose(abar[:-1], expected[:-1], rtol=1e-12)
+    assert cosine_betas(n_steps)[-1] == pytest.approx(0.999)
+
+
+def test_scaled_linear_betas_t20():
+    betas = linear_betas(20)  # SDAC: 0.8 * linspace(1e-4, 0.999, 20)
+    step = (0.999 - 1e-4) / 19
+    np.testing.assert_allclose(betas, [0.8 * (1e-4 + i * step) for i in range(20)], rtol=1e-12)
+    assert betas[0] == pytest.approx(8e-5) and betas[-1] == pytest.approx(0.7992)
+    np.testing.assert_allclose(linear_betas(5, scale=1.0), np.linspace(1e-4, 0.999, 5))
+
+
+def test_vp_betas_closed_form():
+    n_steps = 10
+    t = np.arange(1, n_steps + 1)
+    expected = 1 - np.exp(-0.1 / n_steps - 0.5 * (10 - 0.1) * (2 * t - 1) / n_steps**2)
+    np.testing.assert_allclose(vp_betas(n_steps), expected, rtol=1e-12)
+
+
+def test_ddpm_coefficients():
+    schedule = DiffusionSchedule(make_betas("cosine", 20))
+    betas = schedule.betas.double()
+    abar = th.cumprod(1 - betas, 0)
+    th.testing.assert_close(schedule.alphas_cumprod.double(), abar, rtol=1e-6, atol=1e-9)
+    abar_prev = th.cat([th.ones(1, dtype=th.float64), abar[:-1]])
+    # posterior q(x_{t-1} | x_t, x0): the coefficients reproduce the forward marginals
+    th.testing.assert_close(
+        schedule.posterior_mean_coef1.double(), betas * abar_prev.sqrt() / (1 - abar), rtol=1e-5, atol=1e-7
+    )
+    assert schedule.posterior_mean_coef1[0] == pytest.approx(1.0) and schedule.posterior_mean_coef2[0] == 0
+    th.testing.assert_close(schedule.posterior_std[1:].double() ** 2, betas[1:] * (1 - abar_prev[1:]) / (1 - abar[1:]))
+
+
+@pytest.mark.parametrize("bad", [dict(schedule="quadratic"), dict(n_steps=0), dict(n_steps=2.5)])
+def test_make_betas_rejects_bad_arguments(bad):
+    kwargs = dict(schedule="linear", n_steps=5, **{}) | bad
+    with pytest.raises(ValueError, match=r"schedule|diffusion steps"):
+        make_betas(**kwargs)
+
+
+def gaussian_oracle_eps(x_t: th.Tensor, abar: float, mu: float, std: float) -> th.Tensor:
+    """Exact noise prediction when a_0 ~ N(mu, std^2): eps* = sqrt(1 - abar) (x_t - sqrt(abar) mu) / Var[x_t]."""
+    return math.sqrt(1 - abar) * (x_t - math.sqrt(abar) * mu) / (abar * std**2 + 1 - abar)
+
+
+def run_chain(schedule: DiffusionSchedule, mu: float, std: float, n: int) -> th.Tensor:
+    abar_last = float(schedule.alphas_cumprod[-1])
+    x = th.randn(n, 1) * math.sqrt(abar_last * std**2 + 1 - abar_last) + math.sqrt(abar_last) * mu
+    for t in reversed(range(schedule.n_steps)):
+        eps = gaussian_oracle_eps(x, float(schedule.alphas_cumprod[t]), mu, std)
+        x = schedule.reverse_step(x, t, eps, th.randn_like(x) if t > 0 else None)
+    return x
+
+
+def test_reverse_sampler_reproduces_gaussian_target():
+    th.manual_seed(0)
+    mu, std = 0.3, 0.2
+    # a fine standard schedule: ancestral sampling with the exact noise gives the target
+    x = run_chain(DiffusionSchedule(linear_betas(1000, 1e-4, 0.02, scale=1.0)), mu, std, 100_000)
+    assert x.mean().item() == pytest.approx(mu, abs=0.005)
+    assert x.std().item() == pytest.approx(std, rel=0.02)
+
+
+@pytest.mark.parametrize("name", ["cosine", "linear"])
+def test_reverse_sampler_matches_linear_gaussian_recursion(name):
+    # With T = 20 the sampler plugs E[x0 | x_t] into the posterior and so under-disperses; with a
+    # Gaussian target every step is affine, x_{t-1} = A_t x_t + b_t + sigma_t z, and the output
+    # moments follow by hand. The sampler must match them (the clamp at [-1, 1] is never active here).
+    th.manual_seed(1)
+    mu, std = 0.3, 0.2
+    schedule = DiffusionSchedule(make_betas(name, 20))
+    abar = schedule.alphas_cumprod.double().numpy()
+    mean, var = math.sqrt(abar[-1]) * mu, abar[-1] * std**2 + 1 - abar[-1]
+    for t in reversed(range(20)):
+        gain = math.sqrt(abar[t]) * std**2 / (abar[t] * std**2 + 1 - abar[t])  # d E[x0|x_t] / d x_t
+        c1, c2 = float(schedule.posterior_mean_coef1[t]), float(schedule.posterior_mean_coef2[t])
+        slope = c1 * gain + c2
+        mean = c1 * (mu + gain * (mean - math.sqrt(abar[t]) * mu)) + c2 * mean
+        var = slope**2 * var + (float(schedule.posterior_std[t]) ** 2 if t > 0 else 0.0)
+    x = run_chain(schedule, mu, std, 200_000)
+    assert x.mean().item() == pytest.approx(mean, abs=0.003)
+    assert x.std().item() == pytest.approx(math.sqrt(var), rel=0.01)
+    assert math.sqrt(var) < 0.9 * std  # the under-dispersion is real, so the test can tell the two apart
+
+
+def test_mish_inference_is_exact():
+    x = th.cat([th.linspace(-100, 100, 20001), th.tensor([-1e4, 1e4, 0.0, 19.99, 20.0, 20.01])])
+    th.testing.assert_close(mish_inference(x.clone()), F.mish(x), rtol=2e-6, atol=2e-7)
+    y = th.randn(1000)
+    y_copy = y.clone()
+    mish_inference(y)
+    assert th.equal(y, y_copy)  # the input is not modified
+
+
+def test_sinusoidal_embedding_values():
+    sdac = SinusoidalEmbedding(16, shift=0, scale=0.25)
+    freqs = [10000 ** (-j / 8) for j in range(8)]
+    expected = 0.25 * th.tensor([math.sin(3 * f) for f in freqs] + [math.cos(3 * f) for f in freqs])
+    th.testing.assert_close(sdac(th.tensor([3]))[0], expected)
+    qvpo = SinusoidalEmbedding(32, shift=1)
+    assert qvpo.freqs[-1].item() == pytest.approx(1e-4)  # 10000^(-15/15)
+    with pytest.raises(ValueError, match="even"):
+        SinusoidalEmbedding(7)
+
+
+@pytest.mark.parametrize("method,std", [("haiku", 1 / 20 * 0.8796), ("qvpo", 0.5 / 20)])
+def test_initialisations(method, std):
+    th.manual_seed(0)
+    layer = th.nn.Linear(400, 300)
+    init_linear_(layer, method)
+    weights = layer.weight.detach()
+    assert weights.std().item() == pytest.approx(std, rel=0.03)
+    assert th.all(layer.bias == 0)
+    if method == "haiku":  # truncated at two standard deviations of 1/sqrt(fan_in)
+        assert weights.abs().max().item() <= 2 / 20 + 1e-6
+
+
+def test_noise_network_is_a_plain_mlp_on_the_concatenation():
+    th.manual_seed(0)
+    net = NoisePredictionNet(5, 3, [32, 32], time_embed_dim=8, time_hidden_dim=16)
+    features, x_t, t = th.randn(7, 5), th.randn(7, 3), th.randint(10, (7,))
+    first = th.nn.Linear(5 + 3 + 8, 32)
+    with th.no_grad():
+        first.weight.copy_(th.cat([net.features_in.weight, net.action_in.weight, net.time_in.weight], dim=1))
+        first.bias.copy_(net.features_in.bias)
+    time_features = net.time_mlp(net.time_embedding(t))
+    plain = net.body(first(th.cat([features, x_t, time_features], dim=1)))
+    th.testing.assert_close(net(features, x_t, t), plain)
+    # the sampling form (shared step, blocks precomputed) gives the same numbers
+    with th.inference_mode():
+        candidates = th.randn(7, 4, 3)
+        shared = net.forward_shared(net.features_in(features), candidates, net.time_table(10)[6])
+        rows = net(features.repeat_interleave(4, 0), candidates.reshape(28, 3), th.full((28,), 6))
+    th.testing.assert_close(shared.reshape(28, 3), rows, rtol=1e-5, atol=1e-6)
