@@ -277,3 +277,71 @@ def use_compiled(mode: str | bool | None, device: th.device, activation_elements
 def chunk_rows_for(device: th.device) -> int:
     """Rows per chunk: cache-sized on CPU, everything at once on accelerators."""
     return DEFAULT_CHUNK_ROWS if device.type == "cpu" else 1 << 62
+
+
+# ---------------------------------------------------------------------------------------------------
+# CUDA: the fixed-shape reverse chain captured as a CUDA graph
+# ---------------------------------------------------------------------------------------------------
+
+
+class CudaGraphCache:
+    """
+    Captures ``fn(*inputs)`` as a CUDA graph once per key and replays it: a reverse chain is a few
+    hundred small kernels whose launch overhead, not their arithmetic, dominates on a GPU, and its
+    shapes are fixed for a given batch size and number of candidates.
+
+    The graph reads the inputs from static buffers (the call copies the new inputs into them) and the
+    parameters from their current storage, so in-place updates of the parameters (optimizer steps,
+    Polyak averaging, ``load_state_dict``) are seen by every replay; the key must change when a
+    parameter's storage changes (include the parameters' ``data_ptr`` in it). A failed capture falls
+    back to calling ``fn`` eagerly, with a warning. Only used when the device is CUDA (never in tests).
+
+    :param max_graphs: Graphs kept (least recently used dropped first)
+    """
+
+    def __init__(self, max_graphs: int = 8):
+        self.max_graphs = max_graphs
+        self.graphs: dict[tuple, tuple[th.cuda.CUDAGraph, list[th.Tensor], th.Tensor]] = {}
+        self.broken = False
+
+    def __call__(self, key: tuple, fn: Callable[..., th.Tensor], inputs: list[th.Tensor]) -> th.Tensor:
+        if self.broken:
+            return fn(*inputs)
+        entry = self.graphs.pop(key, None)
+        if entry is None:
+            try:
+                entry = self._capture(fn, inputs)
+            except Exception as error:  # pragma: no cover - needs a GPU
+                self.broken = True
+                warnings.warn(f"sb3_diffusion: CUDA graph capture failed ({type(error).__name__}: {error}); running eagerly.")
+                return fn(*inputs)
+            while len(self.graphs) >= self.max_graphs:
+                self.graphs.pop(next(iter(self.graphs)))
+        self.graphs[key] = entry  # most recently used last
+        graph, static_inputs, static_output = entry
+        for static, value in zip(static_inputs, inputs, strict=True):
+            static.copy_(value)
+        graph.replay()
+        return static_output.clone()  # the next replay overwrites the static output
+
+    @staticmethod
+    def _capture(
+        fn: Callable[..., th.Tensor], inputs: list[th.Tensor]
+    ) -> tuple[th.cuda.CUDAGraph, list[th.Tensor], th.Tensor]:
+        static_inputs = [value.clone() for value in inputs]
+        # warm up on a side stream (lazy cuBLAS initialisation must not happen during capture)
+        stream = th.cuda.Stream()
+        stream.wait_stream(th.cuda.current_stream())
+        with th.cuda.stream(stream):
+            for _ in range(2):
+                fn(*static_inputs)
+        th.cuda.current_stream().wait_stream(stream)
+        graph = th.cuda.CUDAGraph()
+        with th.cuda.graph(graph):
+            static_output = fn(*static_inputs)
+        return graph, static_inputs, static_output
+
+
+def use_cuda_graph(mode: str | bool | None, device: th.device) -> bool:
+    """Whether the reverse chain is captured as a CUDA graph: on CUDA unless compilation is off."""
+    return device.type == "cuda" and resolve_compile_mode(mode) != "off"

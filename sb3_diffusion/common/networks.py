@@ -9,7 +9,6 @@ import math
 import torch as th
 from torch import nn
 from torch.nn import functional as F
-import itertools
 
 from sb3_diffusion.common.kernels import RowMLP
 

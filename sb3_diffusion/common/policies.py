@@ -3,6 +3,7 @@ The diffusion actor-critic policy shared by QVPO and SDAC.
 """
 
 import hashlib
+import weakref
 from typing import Any
 
 import numpy as np
@@ -24,14 +25,20 @@ from sb3_diffusion.common.diffusion import (
 )
 from sb3_diffusion.common.kernels import (
     COMPILE_MODES,
+    CudaGraphCache,
     RowMLP,
     chunk_rows_for,
     chunk_states,
     split_mlp,
     use_compiled,
+    use_cuda_graph,
 )
 from sb3_diffusion.common.networks import INITIALIZATIONS, Mish, NoisePredictionNet, init_mlp_
 from sb3_diffusion.common.utils import check_action_space, check_choice, check_float, check_int
+
+
+# CUDA graphs of each actor's reverse chains, outside the module (graphs cannot be copied or pickled)
+_CUDA_GRAPHS: "weakref.WeakKeyDictionary[DiffusionActor, CudaGraphCache]" = weakref.WeakKeyDictionary()
 
 
 class DiffusionActor(BasePolicy):
@@ -175,8 +182,20 @@ class DiffusionActor(BasePolicy):
                 noise = self.draw_chain_noise(features.shape[0], n_samples)
             features_part = self.noise_net.features_in(features)
             time_table = self.noise_net.time_table(self.diffusion_steps)
-            x = self._reverse_chain(features_part, time_table, noise)
+            if use_cuda_graph(self.compile_mode, features_part.device):
+                x = self._captured_reverse_chain(features_part, time_table, noise)
+            else:
+                x = self._reverse_chain(features_part, time_table, noise)
         return x.clone()
+
+    def _captured_reverse_chain(self, features_part: th.Tensor, time_table: th.Tensor, noise: th.Tensor) -> th.Tensor:
+        """:meth:`_reverse_chain` replayed from a CUDA graph captured once per shape (CUDA only)."""
+        graphs = _CUDA_GRAPHS.get(self)
+        if graphs is None:
+            graphs = _CUDA_GRAPHS[self] = CudaGraphCache()
+        # a new graph when a shape or the storage of a parameter changes (e.g. after .to(device))
+        key = (tuple(noise.shape), noise.dtype, features_part.device, *(p.data_ptr() for p in self.noise_net.parameters()))
+        return graphs(key, self._reverse_chain, [features_part, time_table, noise])
 
     def _reverse_chain(self, features_part: th.Tensor, time_table: th.Tensor, noise: th.Tensor) -> th.Tensor:
         """
