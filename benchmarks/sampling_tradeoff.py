@@ -4,9 +4,10 @@ schedule, fewer candidates, deterministic DDIM), so users can choose.
 
 For each option this script
 
-- measures the speed at the official SDAC settings and Hopper-v5 shapes (networks 3 x 256): ms per
-  update (median of a few updates, mean over the policy-delay cycle) and ms per behaviour action for
-  one observation;
+- measures the speed at the official SDAC settings and Hopper-v5 shapes (networks 3 x 256): CPU ms
+  per update (median of a few updates, mean over the policy-delay cycle; process CPU time with one
+  thread, so that other processes on the machine do not distort the comparison) and CPU ms per
+  behaviour action for one observation;
 - trains SDAC at a small budget on each environment (official algorithm constants, smaller networks,
   SDAC's official 5 envs with one update per vector step), and reports the mean return of
   deterministic evaluation episodes at the end, with the training wall time.
@@ -68,19 +69,20 @@ def official_speed(option: str, repeats: int) -> dict[str, float]:
     fill_buffer(model, 10_000, np.random.default_rng(0))
     for _ in range(2 * model.policy_delay):
         model.train(gradient_steps=1, batch_size=model.batch_size)
+    # process CPU time (one thread): robust to other processes sharing the machine
     times = []
     for _ in range(repeats):
-        start = time.perf_counter()
+        start = time.process_time()
         model.train(gradient_steps=model.policy_delay, batch_size=model.batch_size)
-        times.append((time.perf_counter() - start) / model.policy_delay)
+        times.append((time.process_time() - start) / model.policy_delay)
     obs, _ = env.reset(seed=0)
     for _ in range(3):
         model.predict(obs)
     action_times = []
     for _ in range(30):
-        start = time.perf_counter()
+        start = time.process_time()
         model.predict(obs)
-        action_times.append(time.perf_counter() - start)
+        action_times.append(time.process_time() - start)
     return dict(update_ms=1e3 * statistics.median(times), action_ms=1e3 * statistics.median(action_times))
 
 
@@ -152,7 +154,7 @@ def main() -> None:
 
 def print_table(results: dict[str, Any], args: argparse.Namespace) -> None:
     envs = list(results["runs"])
-    header = ["sampling option", "ms/update (official, Hopper)", "ms/action (official, Hopper)"]
+    header = ["sampling option", "CPU ms/update (official, Hopper)", "CPU ms/action (official, Hopper)"]
     for env_id in envs:
         steps = args.steps or DEFAULT_STEPS.get(env_id, 20_000)
         header += [f"{env_id} return ({steps // 1000}k steps)", f"{env_id} train min"]

@@ -32,7 +32,7 @@ from torch.nn import functional as F
 COMPILE_MODES = ("auto", "on", "off")
 COMPILE_ENV_VAR = "SB3_DIFFUSION_COMPILE"
 # "auto" compiles a call whose hidden activations have at least this many elements
-AUTO_COMPILE_MIN_ELEMENTS = 1 << 20
+AUTO_COMPILE_MIN_ELEMENTS = 1 << 18
 # Rows per chunk on CPU: a 2048 x 256 float32 buffer is 2 MiB, about one core's L2 cache
 DEFAULT_CHUNK_ROWS = 2048
 # Below this many elements torch's one-kernel F.mish beats seven cheap passes (op overhead dominates)
