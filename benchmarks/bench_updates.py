@@ -83,16 +83,27 @@ class Probes:
         self.w = th.randn(k, n, generator=generator).to(device)
         self.out = th.empty(m, n, device=device)
         self.flops = 2.0 * m * k * n
-        self.rates: list[float] = []  # matmul FLOP/s of every probe
+        self.w_t = self.w.t().contiguous()  # (n, k): the nn.Linear layout
+        # the best fp32 matmul torch offers for this shape: torch.mm (MKL on CPU) and, on CPU, oneDNN's linear
+        self.implementations: dict[str, Callable[[], Any]] = {"torch.mm": lambda: th.mm(self.a, self.w, out=self.out)}
+        if device.type == "cpu" and th.backends.mkldnn.is_available() and hasattr(th.ops.mkldnn, "_linear_pointwise"):
+            onednn = th.ops.mkldnn._linear_pointwise
+            self.implementations["oneDNN linear"] = lambda: onednn(self.a, self.w_t, None, "none", [], "")
+        self.rates: list[float] = []  # best matmul FLOP/s (wall time) of every probe
+        self.cpu_rates: list[float] = []  # the same in process CPU time
+        self.by_implementation: dict[str, list[float]] = {name: [] for name in self.implementations}
 
-    def matmul(self, calls: int = 2) -> float:
-        """Matmul rate (FLOP/s), the best of ``calls`` back-to-back calls."""
-        import torch as th
-
-        best = min(_timed(lambda: th.mm(self.a, self.w, out=self.out), self.device)[0] for _ in range(calls))
-        rate = self.flops / best
-        self.rates.append(rate)
-        return rate
+    def matmul(self, calls: int = 2) -> tuple[float, float]:
+        """Best matmul rate (FLOP/s) over the implementations and ``calls`` calls: (wall, CPU time)."""
+        best_wall, best_cpu = float("inf"), float("inf")
+        for name, fn in self.implementations.items():
+            timings = [_timed(fn, self.device) for _ in range(calls)]
+            wall = min(w for w, _ in timings)
+            self.by_implementation[name].append(self.flops / wall)
+            best_wall, best_cpu = min(best_wall, wall), min(best_cpu, min(max(c, 1e-9) for _, c in timings))
+        self.rates.append(self.flops / best_wall)
+        self.cpu_rates.append(self.flops / best_cpu)
+        return self.flops / best_wall, self.flops / best_cpu
 
     def activations(self, repeats: int = 7) -> dict[str, float]:
         """Elements per second of the exact Mish implementations on a 16384x256 tensor."""
@@ -318,7 +329,7 @@ def measure_algo(algo: str, env_id: str, args: argparse.Namespace, probes: Probe
     by_kind: dict[str, list[tuple[float, float, float]]] = {}
     for _ in range(args.repeats * delay):
         kind = next_kind(model, delay)
-        rate = probes.matmul()
+        rate, _ = probes.matmul()
         wall, cpu = _timed(lambda: model.train(gradient_steps=1, batch_size=model.batch_size), device)
         by_kind.setdefault(kind, []).append((wall, cpu, rate))
     medians = {kind: statistics.median(w for w, _, _ in values) for kind, values in by_kind.items()}
@@ -377,6 +388,8 @@ def worker(args: argparse.Namespace) -> None:
         device=str(device),
         matmul_rate=statistics.median(probes.rates),
         matmul_rate_max=max(probes.rates),
+        matmul_cpu_rate=statistics.median(probes.cpu_rates),
+        matmul_by_implementation={name: statistics.median(rates) for name, rates in probes.by_implementation.items()},
         activation_rates=activation_rates,
         results=results,
         loadavg=_loadavg(),
@@ -404,6 +417,8 @@ def derive(run: dict[str, Any], result: dict[str, Any]) -> dict[str, float]:
     floor = result["flops"] / matmul_rate + result["activations"] / best_activation
     actor = result["counts"]["actor"]
     actor_floor = actor["flops"] / matmul_rate + actor["activations"] / best_activation
+    # the same in process CPU time (meaningful with one thread): insensitive to time lost to other processes
+    cpu_floor = result["flops"] / run["matmul_cpu_rate"] + result["activations"] / best_activation
     # paired: each update against the matmul rate probed just before it (robust to a changing load)
     ratios = []
     for kind, wall, rate in result["per_update"]:
@@ -413,6 +428,7 @@ def derive(run: dict[str, Any], result: dict[str, Any]) -> dict[str, float]:
         floor_ms=1e3 * floor,
         actor_floor_ms=1e3 * actor_floor,
         ratio=result["update_ms"] / 1e3 / floor,
+        cpu_ratio=result["update_cpu_ms"] / 1e3 / cpu_floor,
         paired_ratio=statistics.median(ratios),
         peak_fraction=result["flops"] / (result["update_ms"] / 1e3) / matmul_rate,
     )
@@ -446,9 +462,11 @@ def print_report(args: argparse.Namespace, runs: list[dict[str, Any]], load_befo
     m, k, n = MATMUL_SHAPE
     for run in runs:
         rates = ", ".join(f"{name} {rate / 1e9:.2f} G/s" for name, rate in run["activation_rates"].items())
+        implementations = ", ".join(f"{name} {rate / 1e9:.0f}" for name, rate in run["matmul_by_implementation"].items())
         print(
-            f"- {run['threads']} thread(s): matmul {m}x{k} @ {k}x{n}: "
-            f"median {run['matmul_rate'] / 1e9:.0f} GFLOP/s (best {run['matmul_rate_max'] / 1e9:.0f}); "
+            f"- {run['threads']} thread(s): matmul {m}x{k} @ {k}x{n}, best implementation per probe: "
+            f"median {run['matmul_rate'] / 1e9:.0f} GFLOP/s (max {run['matmul_rate_max'] / 1e9:.0f}; "
+            f"in CPU time {run['matmul_cpu_rate'] / 1e9:.0f}; medians by implementation: {implementations}); "
             f"Mish elements/s: {rates}"
         )
     by_key = {(r["env"], r["algo"]): r for r in base["results"]}
@@ -463,7 +481,7 @@ def print_report(args: argparse.Namespace, runs: list[dict[str, Any]], load_befo
         "matmul GFLOP/update",
         "Mish Melem/update",
         f"floor ms ({t0} thr)",
-        "time/floor (paired)",
+        "time/floor (paired; CPU time)",
         "matmul peak fraction",
         "action ms (behaviour, K)",
         "action ms (deterministic, K)",
@@ -491,7 +509,7 @@ def print_report(args: argparse.Namespace, runs: list[dict[str, Any]], load_befo
             flops,
             fmt(result["activations"] / 1e6),
             fmt(derived["floor_ms"]),
-            f"{derived['ratio']:.2f} ({derived['paired_ratio']:.2f})",
+            f"{derived['ratio']:.2f} ({derived['paired_ratio']:.2f}; {derived['cpu_ratio']:.2f})",
             f"{derived['peak_fraction']:.2f}",
             f"{result['behaviour_action_ms']:.2f} (K={k_b})",
             f"{result['deterministic_action_ms']:.2f} (K={k_e})" if k_e else "n/a",
@@ -501,7 +519,8 @@ def print_report(args: argparse.Namespace, runs: list[dict[str, Any]], load_befo
     print(
         "\nms/update: median over repeated updates, mean over one policy-delay cycle (SDAC: one actor-step and one "
         "critic-only update). Floor: matmul FLOPs / median matmul rate + Mish elements / best Mish rate, same run. "
-        "Paired: each update against the matmul rate probed just before it."
+        "Paired: each update against the matmul rate probed just before it. CPU time: update and matmul probe in "
+        "process CPU time (meaningful with one thread), insensitive to time lost to other processes."
     )
     sdac = by_key.get(("Hopper-v5", "sdac"))
     if sdac is not None:

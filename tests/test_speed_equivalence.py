@@ -27,6 +27,18 @@ def make_policy(**kwargs) -> DiffusionActorPolicy:
     return DiffusionActorPolicy(obs_space, act_space, lambda _: 1e-3, **kwargs)
 
 
+@pytest.fixture(params=["onednn", "mkl"])
+def matmul(request, monkeypatch):
+    """Both matmul paths of the hidden layers: oneDNN's linear (large chunks on CPU) and torch.mm/addmm."""
+    if request.param == "onednn":
+        if not kernels.ONEDNN.available:
+            pytest.skip("this build of torch has no oneDNN linear")
+        monkeypatch.setattr(kernels, "ONEDNN_MIN_ROWS", 1)
+    else:
+        monkeypatch.setattr(kernels, "ONEDNN_MIN_ROWS", 1 << 62)
+    return request.param
+
+
 @pytest.fixture
 def small_chunks(monkeypatch):
     """Chunks of a few rows, so that the chunked loops run several chunks of uneven size."""
@@ -69,7 +81,7 @@ def _plain_mlp(first_weight, state_part, x, linears, activations):
 
 @pytest.mark.parametrize("activation_fn", [Mish, nn.ReLU, nn.Tanh, nn.GELU])
 @pytest.mark.parametrize("shape", [(1, 7), (4, 3), (9, 5)])
-def test_row_mlp_matches_plain_mlp(activation_fn, shape):
+def test_row_mlp_matches_plain_mlp(activation_fn, shape, matmul):
     th.manual_seed(0)
     b, k = shape
     widths = [32, 24, 16]
@@ -137,7 +149,7 @@ def test_reverse_step_matches_textbook_formula():
 
 
 @pytest.mark.parametrize("activation_fn", [Mish, nn.ReLU])
-def test_sample_matches_plain_chain(small_chunks, activation_fn):
+def test_sample_matches_plain_chain(small_chunks, activation_fn, matmul):
     th.manual_seed(3)
     policy = make_policy(activation_fn=activation_fn, compile_mode="off")
     obs = th.randn(7, OBS_DIM)
@@ -155,7 +167,7 @@ def test_sample_matches_plain_chain(small_chunks, activation_fn):
 
 
 @pytest.mark.parametrize("n_critics", [1, 2, 3])
-def test_min_q_per_state_matches_repeated_critic(small_chunks, n_critics):
+def test_min_q_per_state_matches_repeated_critic(small_chunks, n_critics, matmul):
     th.manual_seed(4)
     policy = make_policy(n_critics=n_critics, compile_mode="off")
     obs, actions = th.randn(6, OBS_DIM), th.rand(6, 9, ACT_DIM) * 2 - 1
@@ -199,6 +211,19 @@ def test_best_of_k_picks_the_plain_argmax(small_chunks):
     assert th.allclose(chosen, candidates[th.arange(5), best], atol=1e-5)
 
 
+def test_default_thresholds_use_onednn_for_large_chunks():
+    """With the real thresholds, a large batch goes through the oneDNN path and matches the plain MLP."""
+    th.manual_seed(7)
+    linears = [nn.Linear(64, 64), nn.Linear(64, ACT_DIM)]
+    activations = [Mish(), Mish()]
+    first_weight, state_part, x = th.randn(64, ACT_DIM), th.randn(20, 64), th.randn(20, 16, ACT_DIM)
+    assert 20 * 16 >= kernels.ONEDNN_MIN_ROWS
+    with th.no_grad():
+        expected = _plain_mlp(first_weight, state_part, x, linears, activations)
+        got = RowMLP(first_weight, activations, linears, max_rows=320)(state_part, x)
+    assert th.allclose(got, expected, atol=1e-5)
+
+
 def test_compile_mode_resolution(monkeypatch):
     monkeypatch.delenv(kernels.COMPILE_ENV_VAR, raising=False)
     assert resolve_compile_mode("auto") == "auto"
@@ -221,7 +246,7 @@ def test_compile_mode_resolution(monkeypatch):
     assert not kernels.use_compiled("on", th.device("meta"), 1 << 30)
 
 
-def test_compiled_kernels_match_eager(small_chunks, monkeypatch):
+def test_compiled_kernels_match_eager(small_chunks, matmul, monkeypatch):
     """The torch.compile'd Mish kernels (the default for large batches on CPU) against the plain chain."""
     monkeypatch.delenv(kernels.COMPILE_ENV_VAR, raising=False)
     th.manual_seed(6)
@@ -243,7 +268,10 @@ def test_compiled_kernels_match_eager(small_chunks, monkeypatch):
     with th.inference_mode():
         out = h.clone()
         compiled.bias_mish(out, bias)
-    assert th.allclose(out, expected_h, rtol=1e-6, atol=1e-6)
+        assert th.allclose(out, expected_h, rtol=1e-6, atol=1e-6)
+        out = h + bias
+        compiled.mish(out)
+        assert th.allclose(out, expected_h, rtol=1e-6, atol=1e-6)
 
 
 def test_compile_mode_is_saved_with_the_policy(tmp_path):
