@@ -1,0 +1,32 @@
+"""Small environments with known answers for behaviour tests."""
+
+import gymnasium as gym
+import numpy as np
+from gymnasium import spaces
+
+# (location, height, width) of the reward peaks; the global peak is the last one
+BANDIT_PEAKS = ((-0.6, 0.5, 0.15), (0.05, 0.7, 0.15), (0.65, 1.0, 0.15))
+
+
+class MultiPeakBandit(gym.Env):
+    """
+    One-step continuous bandit: a constant observation, a 1-D action in [-1, 1], and a reward made of
+    Gaussian bumps of different heights, so a unimodal or greedy-but-wrong policy is easy to tell
+    from the optimum (the global peak at 0.65, reward 1).
+    """
+
+    observation_space = spaces.Box(-1.0, 1.0, (1,), np.float32)
+    action_space = spaces.Box(-1.0, 1.0, (1,), np.float32)
+    global_peak = BANDIT_PEAKS[-1][0]
+
+    @staticmethod
+    def reward(action: np.ndarray) -> float:
+        a = float(np.asarray(action).reshape(-1)[0])
+        return max(h * np.exp(-0.5 * ((a - c) / w) ** 2) for c, h, w in BANDIT_PEAKS)
+
+    def reset(self, seed=None, options=None):
+        super().reset(seed=seed)
+        return np.zeros(1, dtype=np.float32), {}
+
+    def step(self, action):
+        return np.zeros(1, dtype=np.float32), self.reward(action), True, False, {}
