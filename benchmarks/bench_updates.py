@@ -146,6 +146,7 @@ def count_update(model: Any, updates: int) -> dict[str, float]:
 
     aten = th.ops.aten
     matmuls = {aten.mm, aten.addmm, aten.addmm_, aten.bmm, aten.baddbmm, aten.baddbmm_}
+    onednn_linear = getattr(th.ops.mkldnn, "_linear_pointwise", None)  # X (m, k), W (n, k)
     activations = {aten.exp, aten.exp_, aten.mish, aten.mish_}
 
     class Counter(TorchDispatchMode):
@@ -161,6 +162,9 @@ def count_update(model: Any, updates: int) -> dict[str, float]:
             if packet in matmuls:
                 a, b = (args[0], args[1]) if packet in (aten.mm, aten.bmm) else (args[1], args[2])
                 self.flops += 2.0 * a.numel() * b.shape[-1]
+            elif onednn_linear is not None and packet == onednn_linear:
+                x, weight = args[0], (args[2] if func == onednn_linear.binary else args[1])
+                self.flops += 2.0 * x.numel() * weight.shape[0]
             elif packet in activations:
                 self.activations += args[0].numel()
             elif packet == aten.mish_backward:
