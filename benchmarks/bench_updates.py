@@ -188,45 +188,77 @@ def count_update(model: Any, updates: int) -> dict[str, float]:
     )
 
 
+class _Shapes:
+    """Multiply-accumulate counts of the pieces of an update, from the policy's shapes."""
+
+    def __init__(self, model: Any):
+        policy = model.policy
+        actor = policy.actor
+        net = actor.noise_net
+        self.obs_dim, self.act_dim, self.arch = actor.features_dim, actor.action_dim, actor.net_arch
+        self.steps = actor.sampling_steps
+        critic_arch = [layer.out_features for layer in policy.critic.q_networks[0] if hasattr(layer, "out_features")][:-1]
+        n_critics = policy.n_critics
+        time_dim, time_hidden = net.time_embedding.dim, net.time_mlp[0].out_features
+        self.time_mlp = 2 * time_dim * time_hidden
+        self.time_table = actor.diffusion_steps * (self.time_mlp + time_dim * self.arch[0])
+        self.noise_row = self.act_dim * self.arch[0] + self.mlp(self.arch, self.act_dim)  # per candidate and step
+        self.noise_full = (self.obs_dim + self.act_dim + time_dim) * self.arch[0] + self.mlp(self.arch, self.act_dim)
+        self.noise_full += self.time_mlp  # the training forward runs the time MLP per row
+        self.critic_row = n_critics * (self.act_dim * critic_arch[0] + self.mlp(critic_arch, 1))  # per candidate
+        self.critic_state = n_critics * self.obs_dim * critic_arch[0]
+        self.critic_full = n_critics * ((self.obs_dim + self.act_dim) * critic_arch[0] + self.mlp(critic_arch, 1))
+
+    @staticmethod
+    def mlp(widths: list[int], out: int) -> float:
+        return float(sum(a * b for a, b in itertools.pairwise(widths)) + widths[-1] * out)
+
+    def chain(self, states: int, k: int) -> float:
+        """k reverse chains per state: observation block once per state, time table once."""
+        return states * (self.obs_dim * self.arch[0] + k * self.steps * self.noise_row) + self.time_table
+
+    def scoring(self, states: int, k: int) -> float:
+        """The critics on k candidates per state: observation block once per state."""
+        return states * (self.critic_state + k * self.critic_row)
+
+
 def sdac_analytic(model: Any) -> dict[str, float]:
     """
     SDAC's matmul FLOPs per update (mean over a policy-delay cycle) from the shapes alone: the noise
-    network through the reverse chains (observation block once per state), the critics scoring the
-    candidates (observation block once per state), the TD target and the training passes (backward = 2x forward).
+    network through the reverse chains, the critics scoring the candidates (observation blocks once
+    per state), the TD target and the training passes (backward = 2x forward).
     """
-    policy = model.policy
-    actor = policy.actor
-    obs_dim = actor.features_dim
-    act_dim = actor.action_dim
-    arch = actor.net_arch
-    net = actor.noise_net
-    t_steps = actor.diffusion_steps
+    shapes = _Shapes(model)
     batch, k, n_rev = model.batch_size, model.n_candidates, model.n_reverse_samples
-    n_critics = policy.n_critics
-    critic_arch = [layer.out_features for layer in policy.critic.q_networks[0] if hasattr(layer, "out_features")][:-1]
-
-    def mlp_macs(widths: list[int], out: int) -> float:
-        return float(sum(a * b for a, b in itertools.pairwise(widths)) + widths[-1] * out)
-
-    time_dim = net.time_embedding.dim
-    time_hidden = net.time_mlp[0].out_features
-    time_table = t_steps * (2 * time_dim * time_hidden + time_dim * arch[0])
-    noise_row = act_dim * arch[0] + mlp_macs(arch, act_dim)  # per candidate per step
-    critic_row = n_critics * (act_dim * critic_arch[0] + mlp_macs(critic_arch, 1))  # per candidate
-    critic_state = n_critics * obs_dim * critic_arch[0]
-    critic_full = n_critics * ((obs_dim + act_dim) * critic_arch[0] + mlp_macs(critic_arch, 1))
 
     def best_of(states: int) -> float:
-        return states * (obs_dim * arch[0] + k * t_steps * noise_row + critic_state + k * critic_row) + time_table
+        return shapes.chain(states, k) + shapes.scoring(states, k)
 
-    critic_train = 3 * batch * critic_full
-    target = batch * critic_full
-    actor_train = 3 * batch * ((obs_dim + act_dim + time_dim) * arch[0] + mlp_macs(arch, act_dim) + 2 * time_dim * time_hidden)
-    reverse_target = batch * (critic_state + n_rev * critic_row)
-    actor_update = best_of(2 * batch) + reverse_target + target + critic_train + actor_train
+    critic_train = 3 * batch * shapes.critic_full
+    target = batch * shapes.critic_full
+    actor_train = 3 * batch * shapes.noise_full
+    actor_update = best_of(2 * batch) + shapes.scoring(batch, n_rev) + target + critic_train + actor_train
     critic_update = best_of(batch) + target + critic_train
     delay = model.policy_delay
     return dict(flops=2.0 * (actor_update + (delay - 1) * critic_update) / delay, actor_step_flops=2.0 * actor_update)
+
+
+def qvpo_analytic(model: Any) -> dict[str, float]:
+    """
+    QVPO's matmul FLOPs per update from the shapes alone: the EMA actor's best-of-K_t TD target scored
+    by the target critics, the critic step, N_d samples per state scored by the critics, and the
+    actor's weighted loss on (1 + N_e) rows per state (backward = 2x forward).
+    """
+    shapes = _Shapes(model)
+    batch, k_t, n_d = model.batch_size, model.n_target_candidates, model.n_policy_samples
+    rows = batch * (1 + model.n_uniform_samples)
+    update = shapes.chain(batch, k_t) + shapes.scoring(batch, k_t) + batch * shapes.critic_full
+    update += 3 * batch * shapes.critic_full + shapes.chain(batch, n_d) + shapes.scoring(batch, n_d)
+    update += 3 * rows * shapes.noise_full
+    return dict(flops=2.0 * update, actor_step_flops=2.0 * update)
+
+
+ANALYTIC = {"sdac": sdac_analytic, "qvpo": qvpo_analytic}
 
 
 def fill_buffer(model: Any, n: int, rng: np.random.Generator) -> None:
@@ -353,8 +385,8 @@ def measure_algo(algo: str, env_id: str, args: argparse.Namespace, probes: Probe
         counts=counts,
         **counted,
     )
-    if algo == "sdac":
-        result.update({f"analytic_{key}": value for key, value in sdac_analytic(model).items()})
+    if algo in ANALYTIC:
+        result.update({f"analytic_{key}": value for key, value in ANALYTIC[algo](model).items()})
     result.update(time_actions(model, env_id, args.action_repeats, device))
     if hasattr(model, "policy") and hasattr(model.policy, "n_behavior_candidates"):
         result["behaviour_k"] = model.policy.n_behavior_candidates
