@@ -1,5 +1,6 @@
 import os
 
+from sb3_diffusion.qvpo import QVPO
 from sb3_diffusion.sdac import SDAC
 
 # Read version from file
@@ -7,4 +8,4 @@ version_file = os.path.join(os.path.dirname(__file__), "version.txt")
 with open(version_file) as file_handler:
     __version__ = file_handler.read().strip()
 
-__all__ = ["SDAC", "__version__"]
+__all__ = ["QVPO", "SDAC", "__version__"]
