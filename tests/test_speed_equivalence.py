@@ -198,6 +198,21 @@ def test_min_q_falls_back_for_unusual_critics():
         assert th.allclose(min_q(critic, obs, actions), expected)
 
 
+def test_min_q_takes_any_critic_callable():
+    """A critic without SB3's q_networks (a stub in a test, a custom class) gets the plain computation."""
+
+    class Stub(nn.Module):
+        def forward(self, obs, actions):
+            return (obs[:, :1] + actions.sum(1, keepdim=True), obs[:, :1] - actions[:, :1])
+
+    obs, actions = th.randn(4, OBS_DIM), th.randn(4, 6, ACT_DIM)
+    with th.no_grad():
+        got = min_q(Stub(), obs, actions)
+    rows = obs.repeat_interleave(6, dim=0), actions.reshape(-1, ACT_DIM)
+    expected = th.minimum(rows[0][:, 0] + rows[1].sum(1), rows[0][:, 0] - rows[1][:, 0]).view(4, 6)
+    assert th.allclose(got, expected)
+
+
 def test_best_of_k_picks_the_plain_argmax(small_chunks):
     th.manual_seed(5)
     policy = make_policy(compile_mode="off")

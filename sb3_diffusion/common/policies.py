@@ -299,7 +299,10 @@ def min_q(critic: ContinuousCritic, obs: th.Tensor, actions: th.Tensor, compile_
 def _critic_blocks(critic: ContinuousCritic) -> list[tuple[list[nn.Linear], list[nn.Module]]] | None:
     """The layers of each Q network if all are plain MLPs with at least one hidden layer, else None."""
     blocks = []
-    for q_net in critic.q_networks:
+    q_networks = getattr(critic, "q_networks", None)
+    if not isinstance(q_networks, (list, nn.ModuleList)) or not q_networks:
+        return None
+    for q_net in q_networks:
         parts = split_mlp(q_net)
         if parts is None or len(parts[0]) < 2:
             return None
