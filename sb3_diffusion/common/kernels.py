@@ -236,15 +236,11 @@ class RowMLP:
         self.all_mish = all(_is_mish(act) for act in self.activations)
         self.kernels = _COMPILED.get() if (compiled and self.all_mish) else None
         self.scratch_elements = max_rows * max(widths[:-1])
-        self.scratch: list[th.Tensor] = []
-        if self.kernels is None:
-            self._make_scratch()
-
-    def _make_scratch(self) -> None:
-        buffer = self.buffers[0]
-        self.scratch = [th.empty(self.scratch_elements, device=buffer.device, dtype=buffer.dtype) for _ in range(2)]
+        self.scratch: list[th.Tensor] = []  # for the eager Mish on CPU, allocated on first use
 
     def _scratch(self, h: th.Tensor) -> tuple[th.Tensor, th.Tensor]:
+        if not self.scratch:
+            self.scratch = [th.empty(self.scratch_elements, device=h.device, dtype=h.dtype) for _ in range(2)]
         n = h.numel()
         return self.scratch[0][:n].view_as(h), self.scratch[1][:n].view_as(h)
 
@@ -269,7 +265,6 @@ class RowMLP:
             except Exception as error:  # pragma: no cover - depends on the platform's compiler
                 _COMPILED.fail(error)
                 self.kernels = None
-                self._make_scratch()
         if self.kernels is None:
             activation_(self.activations[0], h, *self._scratch(h))
         onednn = rows >= ONEDNN_MIN_ROWS and ONEDNN.usable(h)
