@@ -261,9 +261,15 @@ def test_compile_mode_resolution(monkeypatch):
     assert not kernels.use_compiled("on", th.device("meta"), 1 << 30)
 
 
-def test_compiled_kernels_match_eager(small_chunks, matmul, monkeypatch):
-    """The torch.compile'd Mish kernels (the default for large batches on CPU) against the plain chain."""
+@pytest.mark.parametrize("path", ["chunked", "whole-chain"])
+def test_compiled_kernels_match_eager(small_chunks, matmul, path, monkeypatch):
+    """
+    The torch.compile'd paths against the plain chain: the fused Mish kernels of the chunked path
+    (large batches) and the whole chain compiled as one function (small batches: acting).
+    """
     monkeypatch.delenv(kernels.COMPILE_ENV_VAR, raising=False)
+    if path == "chunked":
+        monkeypatch.setattr(kernels, "SMALL_CHAIN_ROWS", 0)
     th.manual_seed(6)
     policy = make_policy(compile_mode="on")
     obs = th.randn(5, OBS_DIM)
@@ -275,18 +281,37 @@ def test_compiled_kernels_match_eager(small_chunks, matmul, monkeypatch):
     with th.no_grad():
         expected = min_q(policy.critic, repeat_obs(obs, 4), got.reshape(-1, ACT_DIM)).view(5, 4)
         assert th.allclose(min_q(policy.critic, obs, got, compile_mode="on"), expected, atol=1e-5)
-    # the kernels themselves, on values across Mish's whole range
-    compiled = kernels._COMPILED.get()
-    h = th.linspace(-60, 60, 24 * 16).view(24, 16)
-    bias = th.randn(16)
-    expected_h = F.mish((h + bias).double()).float()
-    with th.inference_mode():
-        out = h.clone()
-        compiled.bias_mish(out, bias)
-        assert th.allclose(out, expected_h, rtol=1e-6, atol=1e-6)
-        out = h + bias
-        compiled.mish(out)
-        assert th.allclose(out, expected_h, rtol=1e-6, atol=1e-6)
+    if path == "chunked":
+        # the kernels themselves, on values across Mish's whole range
+        compiled = kernels._COMPILED.get()
+        h = th.linspace(-60, 60, 24 * 16).view(24, 16)
+        bias = th.randn(16)
+        expected_h = F.mish((h + bias).double()).float()
+        with th.inference_mode():
+            out = h.clone()
+            compiled.bias_mish(out, bias)
+            assert th.allclose(out, expected_h, rtol=1e-6, atol=1e-6)
+            out = h + bias
+            compiled.mish(out)
+            assert th.allclose(out, expected_h, rtol=1e-6, atol=1e-6)
+    else:
+        # the whole-chain function reads the sampling schedule's coefficient table: re-spaced DDIM too
+        policy = make_policy(compile_mode="on", sampling_steps=4, sampler="ddim")
+        noise = policy.actor.draw_chain_noise(1, 6)
+        got = policy.actor.sample(obs[:1], 6, noise=noise)
+        assert th.allclose(got, policy.actor.sample_reference(obs[:1], 6, noise), atol=1e-5)
+
+
+def test_whole_chain_compilation_decision(monkeypatch):
+    monkeypatch.delenv(kernels.COMPILE_ENV_VAR, raising=False)
+    cpu = th.device("cpu")
+    available = kernels.compiled_kernels_available()
+    assert kernels.use_compiled_chain("auto", cpu, 32, 256) == available  # acting with official networks
+    assert not kernels.use_compiled_chain("auto", cpu, 32, 64)  # small networks (tests, quick starts)
+    assert not kernels.use_compiled_chain("auto", cpu, kernels.SMALL_CHAIN_ROWS + 1, 256)  # training batches
+    assert kernels.use_compiled_chain("on", cpu, 4, 16) == available
+    assert not kernels.use_compiled_chain("off", cpu, 32, 256)
+    assert not kernels.use_compiled_chain("on", th.device("meta"), 32, 256)
 
 
 def test_compile_mode_is_saved_with_the_policy(tmp_path):

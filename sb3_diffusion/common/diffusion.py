@@ -13,6 +13,14 @@ from torch import nn
 
 BETA_SCHEDULES = ("cosine", "linear", "vp")
 SAMPLERS = ("ddpm", "ddim")
+# columns of DiffusionSchedule.reverse_step_table
+REVERSE_STEP_COEFFICIENTS = (
+    "sqrt_recip_alphas_cumprod",
+    "sqrt_recipm1_alphas_cumprod",
+    "posterior_mean_coef1",
+    "posterior_mean_coef2",
+    "posterior_std",
+)
 
 
 def cosine_betas(n_steps: int, s: float = 0.008, max_beta: float = 0.999) -> np.ndarray:
@@ -139,6 +147,7 @@ class DiffusionSchedule(nn.Module):
     posterior_mean_coef1: th.Tensor
     posterior_mean_coef2: th.Tensor
     posterior_std: th.Tensor
+    reverse_step_table: th.Tensor
 
     def __init__(self, betas: np.ndarray, sampler: str = "ddpm", persistent: bool = True):
         super().__init__()
@@ -169,6 +178,9 @@ class DiffusionSchedule(nn.Module):
             coefficients["posterior_std"] = np.zeros_like(betas)
         for name, value in coefficients.items():
             self.register_buffer(name, th.as_tensor(value, dtype=th.float32), persistent=persistent)
+        # The reverse step's coefficients per step as one (T, 5) table, for compiled chains (not saved)
+        table = np.stack([coefficients[name] for name in REVERSE_STEP_COEFFICIENTS], axis=1)
+        self.register_buffer("reverse_step_table", th.as_tensor(table, dtype=th.float32), persistent=False)
         # Python floats for the sampling loop: indexing them costs no tensor op and no host sync
         self._coef_lists = {name: [float(v) for v in value] for name, value in coefficients.items()}
 

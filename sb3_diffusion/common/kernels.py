@@ -39,6 +39,12 @@ AUTO_COMPILE_MIN_ELEMENTS = 1 << 18
 DEFAULT_CHUNK_ROWS = 2048
 # Below this many elements torch's one-kernel F.mish beats seven cheap passes (op overhead dominates)
 SMALL_ACTIVATION_ELEMENTS = 4096
+# Chains of at most this many rows (acting: one or a few states times K candidates) can run as one
+# compiled function of the whole chain, which removes the per-operation overhead that dominates them
+SMALL_CHAIN_ROWS = 256
+# "auto" compiles those small chains only for networks at least this wide (the official 256-wide ones;
+# the small networks of tests and quick starts never wait for a compilation)
+AUTO_CHAIN_MIN_WIDTH = 128
 # From this many rows the hidden layers use oneDNN's linear on CPU (float32, exact): on the AMD Zen 4
 # CPUs this was measured on it is 15-20% faster than the MKL sgemm behind torch.mm for 256-wide layers;
 # for a few rows (acting) its overhead loses
@@ -91,12 +97,48 @@ def _mish_kernel(h: th.Tensor) -> None:
     h.copy_(_mish_formula(h))
 
 
+def _chain_kernel(
+    state_parts: th.Tensor,
+    noise: th.Tensor,
+    coefficients: th.Tensor,
+    init_noise_scale: float,
+    first_weight: th.Tensor,
+    weights: list[th.Tensor],
+    biases: list[th.Tensor],
+) -> th.Tensor:
+    """
+    A whole reverse chain of a Mish noise network (the function of ``DiffusionActor._reverse_chain``),
+    written for ``torch.compile``: every step unrolled into one graph.
+
+    :param state_parts: Features and time blocks of the first layer, bias included, (S, b, W_0)
+    :param noise: Chain noise (S, b, k, d)
+    :param coefficients: ``DiffusionSchedule.reverse_step_table`` of the sampling schedule, (S, 5)
+    :param init_noise_scale: Standard deviation of the chain's start
+    :param first_weight: Action block of the first layer (W_0, d)
+    :param weights: Weights of the following linear layers, the output layer last
+    :param biases: Their biases
+    """
+    x = noise[0] * init_noise_scale
+    for i in range(noise.shape[0] - 1, -1, -1):
+        h = _mish_formula(state_parts[i].unsqueeze(1) + x @ first_weight.t())
+        for weight, bias in zip(weights[:-1], biases[:-1], strict=True):
+            h = _mish_formula(h @ weight.t() + bias)
+        eps = h @ weights[-1].t() + biases[-1]
+        c = coefficients[i]
+        x0 = (x * c[0] - eps * c[1]).clamp(-1.0, 1.0)
+        x = c[2] * x0 + c[3] * x
+        if i > 0:
+            x = x + c[4] * noise[i]
+    return x
+
+
 class _CompiledKernels:
     """The ``torch.compile``'d kernels, built on first use; after a failure the eager ones are used."""
 
     def __init__(self) -> None:
         self.bias_mish: Callable[..., None] | None = None
         self.mish: Callable[..., None] | None = None
+        self.chain: Callable[..., th.Tensor] | None = None
         self.broken = False
 
     def get(self) -> "_CompiledKernels | None":
@@ -108,6 +150,8 @@ class _CompiledKernels:
             options = {"cpp.dynamic_threads": True}
             self.bias_mish = th.compile(_bias_mish_kernel, dynamic=True, fullgraph=True, options=options)
             self.mish = th.compile(_mish_kernel, dynamic=True, fullgraph=True, options=options)
+            # fixed shapes (one compilation per acting batch shape) and a C++ wrapper: no Python per operation
+            self.chain = th.compile(_chain_kernel, dynamic=False, fullgraph=True, options={**options, "cpp_wrapper": True})
         return self
 
     def fail(self, error: BaseException) -> None:
@@ -165,11 +209,18 @@ def _is_mish(activation: nn.Module) -> bool:
     return isinstance(activation, nn.Mish)
 
 
-def activation_(activation: nn.Module, h: th.Tensor, tmp1: th.Tensor, tmp2: th.Tensor) -> None:
-    """Apply ``activation`` to ``h`` in place (exact; Mish, ReLU and Tanh without allocation)."""
+def activation_(
+    activation: nn.Module, h: th.Tensor, scratch: Callable[[th.Tensor], tuple[th.Tensor, th.Tensor]] | None = None
+) -> None:
+    """
+    Apply ``activation`` to ``h`` in place (exact; Mish, ReLU and Tanh without allocation).
+
+    :param scratch: Gives two scratch tensors of ``h``'s shape for the eager one-exp Mish (allocated
+        if None)
+    """
     if _is_mish(activation):
         if h.device.type == "cpu" and h.numel() > SMALL_ACTIVATION_ELEMENTS:
-            mish_(h, tmp1, tmp2)
+            mish_(h, *(scratch(h) if scratch is not None else (th.empty_like(h), th.empty_like(h))))
         else:  # one kernel: on accelerators, and on CPU where the per-op overhead dominates
             F.mish(h, inplace=True)
     elif isinstance(activation, nn.ReLU):
@@ -266,7 +317,7 @@ class RowMLP:
                 _COMPILED.fail(error)
                 self.kernels = None
         if self.kernels is None:
-            activation_(self.activations[0], h, *self._scratch(h))
+            activation_(self.activations[0], h, self._scratch)
         onednn = rows >= ONEDNN_MIN_ROWS and ONEDNN.usable(h)
         for index, (weight, weight_t, bias) in enumerate(self.layers):
             if index == len(self.layers) - 1:  # output layer (a few columns): into its buffer
@@ -277,13 +328,13 @@ class RowMLP:
                 if self.kernels is not None:
                     self.kernels.mish(out)  # type: ignore[misc]
                 else:
-                    activation_(self.activations[index + 1], out, *self._scratch(out))
+                    activation_(self.activations[index + 1], out, self._scratch)
             elif self.kernels is not None:
                 out = th.mm(h, weight_t, out=self.buffers[index + 1][:rows])
                 self.kernels.bias_mish(out, bias)  # type: ignore[misc]
             else:
                 out = th.addmm(bias, h, weight_t, out=self.buffers[index + 1][:rows])
-                activation_(self.activations[index + 1], out, *self._scratch(out))
+                activation_(self.activations[index + 1], out, self._scratch)
             h = out
         return h
 
@@ -301,6 +352,30 @@ def use_compiled(mode: str | bool | None, device: th.device, activation_elements
         # On CUDA the whole chain is captured instead (see DiffusionActor); other devices run eager
         return False
     return mode == "on" or activation_elements >= AUTO_COMPILE_MIN_ELEMENTS
+
+
+def use_compiled_chain(mode: str | bool | None, device: th.device, rows: int, width: int) -> bool:
+    """
+    Whether a chain of ``rows`` rows runs as one compiled function (small chains on CPU: acting).
+    ``"on"`` compiles every small chain, ``"auto"`` only those of networks at least ``AUTO_CHAIN_MIN_WIDTH``
+    wide. The decision depends only on the mode and the shapes, so the same call always takes the same path.
+    """
+    mode = resolve_compile_mode(mode)
+    if mode == "off" or device.type != "cpu" or _COMPILED.broken or rows > SMALL_CHAIN_ROWS:
+        return False
+    return mode == "on" or width >= AUTO_CHAIN_MIN_WIDTH
+
+
+def compiled_chain(*args: object) -> th.Tensor | None:
+    """Run :func:`_chain_kernel` compiled; None (and the eager path from then on) if compilation fails."""
+    kernels = _COMPILED.get()
+    if kernels is None:
+        return None
+    try:
+        return kernels.chain(*args)  # type: ignore[misc]
+    except Exception as error:  # pragma: no cover - depends on the platform's compiler
+        _COMPILED.fail(error)
+        return None
 
 
 def chunk_rows_for(device: th.device) -> int:

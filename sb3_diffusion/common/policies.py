@@ -29,8 +29,10 @@ from sb3_diffusion.common.kernels import (
     RowMLP,
     chunk_rows_for,
     chunk_states,
+    compiled_chain,
     split_mlp,
     use_compiled,
+    use_compiled_chain,
     use_cuda_graph,
 )
 from sb3_diffusion.common.networks import INITIALIZATIONS, Mish, NoisePredictionNet, init_mlp_
@@ -210,19 +212,46 @@ class DiffusionActor(BasePolicy):
         schedule, steps = self.sampling_schedule, self.sampling_timesteps
         _, batch_size, n_samples, action_dim = noise.shape
         device = features_part.device
+        if use_compiled_chain(self.compile_mode, device, batch_size * n_samples, features_part.shape[1]):
+            x = self._compiled_reverse_chain(features_part, time_table, noise)
+            if x is not None:
+                return x
         compiled = use_compiled(self.compile_mode, device, batch_size * n_samples * features_part.shape[1])
         chunks = chunk_states(batch_size, n_samples, chunk_rows_for(device))
         mlp = self.noise_net.row_mlp(max(stop - start for start, stop in chunks) * n_samples, compiled=compiled)
-        out = th.empty((batch_size, n_samples, action_dim), device=device, dtype=noise.dtype)
+        out = None if len(chunks) == 1 else th.empty((batch_size, n_samples, action_dim), device=device, dtype=noise.dtype)
+        # the network sees the original step; the re-spaced schedule gives the coefficients
+        step_table = time_table[steps]  # (S, width)
         for start, stop in chunks:
-            chunk_features = features_part[start:stop]
+            # features and time blocks of every step of this chunk at once: (S, b, width)
+            state_parts = features_part[start:stop].unsqueeze(0) + step_table.unsqueeze(1)
             x = noise[0, start:stop] * self.init_noise_scale
             for i in reversed(range(len(steps))):
-                # the network sees the original step; the re-spaced schedule gives the coefficients
-                eps = mlp(chunk_features + time_table[steps[i]], x).view_as(x)
+                eps = mlp(state_parts[i], x).view_as(x)
                 x = schedule.reverse_step(x, i, eps, noise[i, start:stop] if i > 0 else None)
+            if out is None:
+                return x
             out[start:stop] = x
+        assert out is not None
         return out
+
+    def _compiled_reverse_chain(self, features_part: th.Tensor, time_table: th.Tensor, noise: th.Tensor) -> th.Tensor | None:
+        """:meth:`_reverse_chain` as one compiled function (small chains on CPU); None if not possible."""
+        body = list(self.noise_net.body)
+        if not all(isinstance(module, nn.Mish) for module in body[0::2]):
+            return None
+        schedule = self.sampling_schedule
+        linears = body[1::2]
+        state_parts = features_part.unsqueeze(0) + time_table[self.sampling_timesteps].unsqueeze(1)
+        return compiled_chain(
+            state_parts,
+            noise,
+            schedule.reverse_step_table,
+            float(self.init_noise_scale),
+            self.noise_net.action_in.weight,
+            [layer.weight for layer in linears],
+            [layer.bias for layer in linears],
+        )
 
     def sample_reference(self, obs: PyTorchObs, n_samples: int, noise: th.Tensor) -> th.Tensor:
         """
@@ -638,6 +667,10 @@ class DiffusionActorPolicy(BasePolicy):
 
         :param mode: if true, set to training mode, else set to evaluation mode
         """
+        if self.training == mode and self.actor.training == mode and self.critic.training == mode:
+            # already there (predict() calls this on every call; walking every module costs ~0.3 ms)
+            if all(module.training == mode for module in (*self.actor.modules(), *self.critic.modules())):
+                return
         self.actor.set_training_mode(mode)
         self.critic.set_training_mode(mode)
         self.training = mode
