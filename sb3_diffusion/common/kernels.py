@@ -99,9 +99,9 @@ def _mish_kernel(h: th.Tensor) -> None:
 
 def _chain_kernel(
     state_parts: th.Tensor,
+    x_start: th.Tensor,
     noise: th.Tensor,
     coefficients: th.Tensor,
-    init_noise_scale: float,
     first_weight: th.Tensor,
     weights: list[th.Tensor],
     biases: list[th.Tensor],
@@ -111,14 +111,14 @@ def _chain_kernel(
     written for ``torch.compile``: every step unrolled into one graph.
 
     :param state_parts: Features and time blocks of the first layer, bias included, (S, b, W_0)
-    :param noise: Chain noise (S, b, k, d)
+    :param x_start: The chain's start, (b, k, d)
+    :param noise: Chain noise (S, b, k, d); slice 0 is not used
     :param coefficients: ``DiffusionSchedule.reverse_step_table`` of the sampling schedule, (S, 5)
-    :param init_noise_scale: Standard deviation of the chain's start
     :param first_weight: Action block of the first layer (W_0, d)
     :param weights: Weights of the following linear layers, the output layer last
     :param biases: Their biases
     """
-    x = noise[0] * init_noise_scale
+    x = x_start
     for i in range(noise.shape[0] - 1, -1, -1):
         h = _mish_formula(state_parts[i].unsqueeze(1) + x @ first_weight.t())
         for weight, bias in zip(weights[:-1], biases[:-1], strict=True):
@@ -150,7 +150,11 @@ class _CompiledKernels:
             options = {"cpp.dynamic_threads": True}
             self.bias_mish = th.compile(_bias_mish_kernel, dynamic=True, fullgraph=True, options=options)
             self.mish = th.compile(_mish_kernel, dynamic=True, fullgraph=True, options=options)
-            # fixed shapes (one compilation per acting batch shape) and a C++ wrapper: no Python per operation
+            # fixed shapes (one compilation per acting batch shape) and a C++ wrapper: no Python per operation.
+            # A process acting with several models or environments can need more variants than dynamo's
+            # default of 8 per function before it falls back to eager code.
+            dynamo_config = th._dynamo.config
+            dynamo_config.recompile_limit = max(dynamo_config.recompile_limit, 64)
             self.chain = th.compile(_chain_kernel, dynamic=False, fullgraph=True, options={**options, "cpp_wrapper": True})
         return self
 

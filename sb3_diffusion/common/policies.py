@@ -245,9 +245,9 @@ class DiffusionActor(BasePolicy):
         state_parts = features_part.unsqueeze(0) + time_table[self.sampling_timesteps].unsqueeze(1)
         return compiled_chain(
             state_parts,
+            noise[0] * self.init_noise_scale,
             noise,
             schedule.reverse_step_table,
-            float(self.init_noise_scale),
             self.noise_net.action_in.weight,
             [layer.weight for layer in linears],
             [layer.bias for layer in linears],
