@@ -358,7 +358,8 @@ def measure_algo(algo: str, env_id: str, args: argparse.Namespace, probes: Probe
     # SAC and QVPO update every step the same way; SDAC alternates actor and critic-only updates
     counts: dict[str, dict[str, float]] = {}
     for _ in range(delay):
-        counts[next_kind(model, delay)] = count_update(model, 1)
+        kind = next_kind(model, delay)  # before the update (the right side of an assignment runs first)
+        counts[kind] = count_update(model, 1)
     weights = {"actor": 1.0 / delay, "critic": (delay - 1.0) / delay}
     counted = {key: sum(weights[kind] * values[key] for kind, values in counts.items()) for key in counts["actor"]}
     for _ in range(args.warmup * delay):
