@@ -122,6 +122,7 @@ def main() -> None:
     parser.add_argument("--eval-episodes", type=int, default=10)
     parser.add_argument("--speed-repeats", type=int, default=4, help="timed update cycles at the official settings")
     parser.add_argument("--skip-speed", action="store_true", help="skip the official-settings speed column")
+    parser.add_argument("--skip-training", action="store_true", help="only the speed column")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--json", default=None, help="write (and update after every run) the results to this file")
     args = parser.parse_args()
@@ -141,7 +142,7 @@ def main() -> None:
             results["speed"][option] = official_speed(option, args.speed_repeats)
             print(f"speed {option}: {results['speed'][option]}", file=sys.stderr, flush=True)
             save()
-    for env_id in args.envs:
+    for env_id in [] if args.skip_training else args.envs:
         steps = args.steps or DEFAULT_STEPS.get(env_id, 20_000)
         for option in args.options:
             for seed in args.seeds:
