@@ -71,8 +71,17 @@ def test_lambda_fixed_point_and_direction():
 
 
 def test_lambda_steps_follow_the_schedule():
-    model = SDAC("MlpPolicy", "Pendulum-v1", learning_starts=20, batch_size=8, n_candidates=2, n_reverse_samples=4,
-                 lambda_update_interval=5, policy_kwargs=TINY_POLICY, seed=0)
+    model = SDAC(
+        "MlpPolicy",
+        "Pendulum-v1",
+        learning_starts=20,
+        batch_size=8,
+        n_candidates=2,
+        n_reverse_samples=4,
+        lambda_update_interval=5,
+        policy_kwargs=TINY_POLICY,
+        seed=0,
+    )
     model.learn(20 + 20)  # 20 updates: 4 steps on log(lambda), each of about lr (Adam) downwards
     assert model._n_updates == 20
     assert math.log(model.lambda_) == pytest.approx(math.log(5.0) - 4 * 7e-3, abs=1e-4)
@@ -88,13 +97,28 @@ def test_actor_learning_rate_schedule():
 
 
 def test_policy_delay():
-    model = SDAC("MlpPolicy", "Pendulum-v1", learning_starts=30, batch_size=8, n_candidates=2, n_reverse_samples=4,
-                 policy_kwargs=TINY_POLICY, seed=0)
+    model = SDAC(
+        "MlpPolicy",
+        "Pendulum-v1",
+        learning_starts=30,
+        batch_size=8,
+        n_candidates=2,
+        n_reverse_samples=4,
+        policy_kwargs=TINY_POLICY,
+        seed=0,
+    )
     model.learn(30)  # fill the buffer, no update yet
 
     def snapshot():
-        return [p.detach().clone() for p in (*model.actor.parameters(), *model.actor_target.parameters(),
-                                            *model.critic_target.parameters(), *model.critic.parameters())]
+        return [
+            p.detach().clone()
+            for p in (
+                *model.actor.parameters(),
+                *model.actor_target.parameters(),
+                *model.critic_target.parameters(),
+                *model.critic.parameters(),
+            )
+        ]
 
     n_actor = len(list(model.actor.parameters())) * 2 + len(list(model.critic_target.parameters()))
     before = snapshot()
@@ -128,8 +152,17 @@ def test_sdac_rejects_bad_arguments(kwargs, match):
 
 
 def test_lambda_can_be_fixed():
-    model = SDAC("MlpPolicy", "Pendulum-v1", lambda_lr=0.0, lambda_update_interval=1, learning_starts=10, batch_size=4,
-                 n_candidates=2, n_reverse_samples=2, policy_kwargs=TINY_POLICY)
+    model = SDAC(
+        "MlpPolicy",
+        "Pendulum-v1",
+        lambda_lr=0.0,
+        lambda_update_interval=1,
+        learning_starts=10,
+        batch_size=4,
+        n_candidates=2,
+        n_reverse_samples=2,
+        policy_kwargs=TINY_POLICY,
+    )
     model.learn(15)
     assert model.lambda_ == pytest.approx(5.0) and model.lambda_optimizer is None
     assert np.isfinite(model.logger.name_to_value["train/critic_loss"])

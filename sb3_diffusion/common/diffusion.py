@@ -12,6 +12,15 @@ import torch as th
 from torch import nn
 
 BETA_SCHEDULES = ("cosine", "linear", "vp")
+SAMPLERS = ("ddpm", "ddim")
+# columns of DiffusionSchedule.reverse_step_table
+REVERSE_STEP_COEFFICIENTS = (
+    "sqrt_recip_alphas_cumprod",
+    "sqrt_recipm1_alphas_cumprod",
+    "posterior_mean_coef1",
+    "posterior_mean_coef2",
+    "posterior_std",
+)
 
 
 def cosine_betas(n_steps: int, s: float = 0.008, max_beta: float = 0.999) -> np.ndarray:
@@ -80,14 +89,53 @@ def make_betas(schedule: str, n_steps: int, **kwargs: float) -> np.ndarray:
     return betas
 
 
+def respaced_timesteps(n_steps: int, sampling_steps: int) -> list[int]:
+    """
+    The steps kept when sampling with ``sampling_steps`` of a T-step schedule: evenly spaced from
+    0 to T-1 (both included; a single step keeps T-1, the chain's start), increasing.
+
+    :param n_steps: T
+    :param sampling_steps: S, 1 <= S <= T
+    :return: S increasing step indices of the original schedule
+    """
+    if not 1 <= sampling_steps <= n_steps:
+        raise ValueError(f"sampling_steps must be an integer in [1, {n_steps}] (the diffusion steps), got {sampling_steps!r}")
+    if sampling_steps == 1:
+        return [n_steps - 1]
+    return [int(step) for step in np.round(np.linspace(0, n_steps - 1, sampling_steps))]
+
+
+def respace_betas(betas: np.ndarray, timesteps: list[int]) -> np.ndarray:
+    """
+    DDPM respacing (Nichol & Dhariwal, 2021): the betas of the chain that visits only ``timesteps``,
+    ``beta'_i = 1 - abar_{s_i} / abar_{s_{i-1}}`` (``abar_{s_{-1}} = 1``), so that the respaced
+    ``abar'_i`` equals the original ``abar`` at every kept step.
+
+    :param betas: The original betas, shape (T,)
+    :param timesteps: Kept steps, increasing
+    :return: The respaced betas, shape (len(timesteps),)
+    """
+    alphas_cumprod = np.cumprod(1.0 - np.asarray(betas, dtype=np.float64))
+    kept = alphas_cumprod[np.asarray(timesteps)]
+    return 1.0 - kept / np.append(1.0, kept[:-1])
+
+
 class DiffusionSchedule(nn.Module):
     """
-    DDPM coefficients of a beta schedule, as float32 buffers (they follow ``.to(device)`` and are
-    saved in the state dict).
+    DDPM coefficients of a beta schedule, as float32 buffers (they follow ``.to(device)``; saved in the
+    state dict if ``persistent``).
 
     Notation: ``alpha_t = 1 - beta_t``, ``abar_t = prod_{i <= t} alpha_i`` for t = 0..T-1.
 
+    The reverse step is ``x_{t-1} = c1_t clamp(x0_hat) + c2_t x_t + sigma_t z``. With ``sampler="ddpm"``
+    the coefficients are the DDPM posterior's; with ``sampler="ddim"`` they are those of deterministic
+    DDIM (eta = 0): ``x_{t-1} = sqrt(abar_{t-1}) x0 + sqrt(1 - abar_{t-1}) eps'`` with ``eps'`` the noise
+    implied by the clamped ``x0`` (the model's noise when the clamp is inactive), i.e.
+    ``c2_t = sqrt((1 - abar_{t-1}) / (1 - abar_t))``, ``c1_t = sqrt(abar_{t-1}) - c2_t sqrt(abar_t)``, sigma = 0.
+
     :param betas: The betas, shape (T,)
+    :param sampler: ``"ddpm"`` or ``"ddim"`` (the coefficients of the reverse step)
+    :param persistent: Whether the buffers are part of the state dict
     """
 
     betas: th.Tensor
@@ -99,9 +147,13 @@ class DiffusionSchedule(nn.Module):
     posterior_mean_coef1: th.Tensor
     posterior_mean_coef2: th.Tensor
     posterior_std: th.Tensor
+    reverse_step_table: th.Tensor
 
-    def __init__(self, betas: np.ndarray):
+    def __init__(self, betas: np.ndarray, sampler: str = "ddpm", persistent: bool = True):
         super().__init__()
+        if sampler not in SAMPLERS:
+            raise ValueError(f"Unknown sampler {sampler!r}: expected one of {', '.join(SAMPLERS)}")
+        self.sampler = sampler
         betas = np.asarray(betas, dtype=np.float64)
         alphas = 1.0 - betas
         alphas_cumprod = np.cumprod(alphas)
@@ -119,8 +171,16 @@ class DiffusionSchedule(nn.Module):
             # log-variance clipped at 1e-20 as in DDPM; the noise at t = 0 is masked anyway
             "posterior_std": np.exp(0.5 * np.log(np.maximum(posterior_variance, 1e-20))),
         }
+        if sampler == "ddim":
+            ddim_c2 = np.sqrt((1.0 - alphas_cumprod_prev) / (1.0 - alphas_cumprod))
+            coefficients["posterior_mean_coef1"] = np.sqrt(alphas_cumprod_prev) - ddim_c2 * np.sqrt(alphas_cumprod)
+            coefficients["posterior_mean_coef2"] = ddim_c2
+            coefficients["posterior_std"] = np.zeros_like(betas)
         for name, value in coefficients.items():
-            self.register_buffer(name, th.as_tensor(value, dtype=th.float32))
+            self.register_buffer(name, th.as_tensor(value, dtype=th.float32), persistent=persistent)
+        # The reverse step's coefficients per step as one (T, 5) table, for compiled chains (not saved)
+        table = np.stack([coefficients[name] for name in REVERSE_STEP_COEFFICIENTS], axis=1)
+        self.register_buffer("reverse_step_table", th.as_tensor(table, dtype=th.float32), persistent=False)
         # Python floats for the sampling loop: indexing them costs no tensor op and no host sync
         self._coef_lists = {name: [float(v) for v in value] for name, value in coefficients.items()}
 
@@ -149,17 +209,26 @@ class DiffusionSchedule(nn.Module):
 
     def reverse_step(self, x_t: th.Tensor, t: int, eps: th.Tensor, noise: th.Tensor | None) -> th.Tensor:
         """
-        One DDPM reverse step from ``x_t`` to ``x_{t-1}`` with the clamped x0 estimate.
+        One reverse step from ``x_t`` to ``x_{t-1}`` with the clamped x0 estimate (DDPM or DDIM).
 
         :param x_t: Current sample, shape (N, d)
         :param t: Integer step (the same for all rows)
         :param eps: Predicted noise, shape (N, d)
-        :param noise: Standard normal noise of the shape of ``x_t`` (ignored, and may be None, at t = 0)
+        :param noise: Standard normal noise of the shape of ``x_t`` (ignored, and may be None, at t = 0
+            and for a deterministic sampler)
         :return: ``x_{t-1}``
         """
-        x0 = self.predict_x0(x_t, t, eps)
-        mean = x0.mul_(self.coef("posterior_mean_coef1", t)).add_(x_t, alpha=self.coef("posterior_mean_coef2", t))
-        if t > 0:
+        # x0 = clamp(x_t / sqrt(abar) - eps sqrt(1/abar - 1)); mean = c1 x0 + c2 x_t (+ sigma z): 6 passes, 1 allocation
+        x0 = th.mul(x_t, self.coef("sqrt_recip_alphas_cumprod", t)).add_(
+            eps, alpha=-self.coef("sqrt_recipm1_alphas_cumprod", t)
+        )
+        mean = (
+            x0.clamp_(-1.0, 1.0)
+            .mul_(self.coef("posterior_mean_coef1", t))
+            .add_(x_t, alpha=self.coef("posterior_mean_coef2", t))
+        )
+        std = self.coef("posterior_std", t)
+        if t > 0 and std != 0.0:
             assert noise is not None
-            mean.add_(noise, alpha=self.coef("posterior_std", t))
+            mean.add_(noise, alpha=std)
         return mean

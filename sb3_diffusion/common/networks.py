@@ -3,12 +3,14 @@ Networks of the diffusion policies: sinusoidal time embedding, an exact Mish wit
 path, the noise-prediction MLP with a decomposed first layer, and weight initialisations.
 """
 
+import itertools
 import math
 
 import torch as th
 from torch import nn
 from torch.nn import functional as F
-import itertools
+
+from sb3_diffusion.common.kernels import RowMLP
 
 INITIALIZATIONS = ("haiku", "qvpo", "torch")
 
@@ -164,6 +166,17 @@ class NoisePredictionNet(nn.Module):
         """The time block's contribution to the first layer for t = 0 .. n_steps-1, shape (n_steps, width)."""
         steps = th.arange(n_steps, device=self.features_in.weight.device)
         return self.time_in(self.time_mlp(self.time_embedding(steps)))
+
+    def row_mlp(self, max_rows: int, compiled: bool = False) -> RowMLP:
+        """
+        The network after its first layer's features and time blocks, as a :class:`RowMLP` for
+        ``max_rows`` rows: ``row_mlp(features_part + time_part, x_t)`` is the predicted noise.
+
+        :param max_rows: Largest number of rows of one call
+        :param compiled: Use the compiled Mish kernels
+        """
+        modules = list(self.body)
+        return RowMLP(self.action_in.weight, modules[0::2], modules[1::2], max_rows, compiled=compiled)
 
     def forward(self, features: th.Tensor, x_t: th.Tensor, t: th.Tensor) -> th.Tensor:
         """

@@ -3,6 +3,7 @@ The diffusion actor-critic policy shared by QVPO and SDAC.
 """
 
 import hashlib
+import weakref
 from typing import Any
 
 import numpy as np
@@ -14,9 +15,32 @@ from stable_baselines3.common.torch_layers import BaseFeaturesExtractor, Flatten
 from stable_baselines3.common.type_aliases import PyTorchObs, Schedule
 from torch import nn
 
-from sb3_diffusion.common.diffusion import BETA_SCHEDULES, DiffusionSchedule, make_betas
+from sb3_diffusion.common.diffusion import (
+    BETA_SCHEDULES,
+    SAMPLERS,
+    DiffusionSchedule,
+    make_betas,
+    respace_betas,
+    respaced_timesteps,
+)
+from sb3_diffusion.common.kernels import (
+    COMPILE_MODES,
+    CudaGraphCache,
+    RowMLP,
+    chunk_rows_for,
+    chunk_states,
+    compiled_chain,
+    split_mlp,
+    use_compiled,
+    use_compiled_chain,
+    use_cuda_graph,
+)
 from sb3_diffusion.common.networks import INITIALIZATIONS, Mish, NoisePredictionNet, init_mlp_
 from sb3_diffusion.common.utils import check_action_space, check_choice, check_float, check_int
+
+
+# CUDA graphs of each actor's reverse chains, outside the module (graphs cannot be copied or pickled)
+_CUDA_GRAPHS: "weakref.WeakKeyDictionary[DiffusionActor, CudaGraphCache]" = weakref.WeakKeyDictionary()
 
 
 class DiffusionActor(BasePolicy):
@@ -39,6 +63,12 @@ class DiffusionActor(BasePolicy):
     :param time_embed_scale: Scale of the embedding
     :param init: Weight initialisation of the noise network (``"haiku"``, ``"qvpo"``, ``"torch"``)
     :param normalize_images: Whether to normalize images or not, dividing by 255.0
+    :param compile_mode: ``"auto"``, ``"on"`` or ``"off"``: whether sampling uses ``torch.compile``'d
+        kernels (see :mod:`sb3_diffusion.common.kernels`; same results within float rounding)
+    :param sampling_steps: Steps of the reverse chain when sampling (None: all T). Fewer steps use a
+        re-spaced schedule (DDPM respacing: the kept steps keep their abar; see ``respace_betas``);
+        training is unchanged.
+    :param sampler: ``"ddpm"`` (the default, stochastic) or ``"ddim"`` (deterministic DDIM, eta = 0)
     """
 
     action_space: spaces.Box
@@ -61,6 +91,9 @@ class DiffusionActor(BasePolicy):
         time_embed_scale: float = 0.25,
         init: str = "haiku",
         normalize_images: bool = True,
+        compile_mode: str = "auto",
+        sampling_steps: int | None = None,
+        sampler: str = "ddpm",
     ):
         super().__init__(
             observation_space,
@@ -73,8 +106,19 @@ class DiffusionActor(BasePolicy):
         self.features_dim = features_dim
         self.activation_fn = activation_fn
         self.init_noise_scale = init_noise_scale
+        self.compile_mode = compile_mode
         self.action_dim = get_action_dim(self.action_space)
-        self.schedule = DiffusionSchedule(make_betas(beta_schedule, diffusion_steps, **(beta_schedule_kwargs or {})))
+        betas = make_betas(beta_schedule, diffusion_steps, **(beta_schedule_kwargs or {}))
+        self.schedule = DiffusionSchedule(betas)
+        # The chain used for sampling: the training schedule, or its re-spaced / DDIM version (not saved:
+        # it is a function of the constructor arguments)
+        self.sampling_timesteps = respaced_timesteps(diffusion_steps, sampling_steps or diffusion_steps)
+        self.sampler = sampler
+        self._sampling_schedule: DiffusionSchedule | None = None
+        if len(self.sampling_timesteps) < diffusion_steps or sampler != "ddpm":
+            self._sampling_schedule = DiffusionSchedule(
+                respace_betas(betas, self.sampling_timesteps), sampler=sampler, persistent=False
+            )
         self.noise_net = NoisePredictionNet(
             features_dim,
             self.action_dim,
@@ -89,7 +133,18 @@ class DiffusionActor(BasePolicy):
 
     @property
     def diffusion_steps(self) -> int:
+        """T, the steps of the training schedule."""
         return self.schedule.n_steps
+
+    @property
+    def sampling_schedule(self) -> DiffusionSchedule:
+        """The schedule of the sampling chain (the training schedule unless re-spaced or DDIM)."""
+        return self.schedule if self._sampling_schedule is None else self._sampling_schedule
+
+    @property
+    def sampling_steps(self) -> int:
+        """Steps of the reverse chain when sampling (T unless re-spaced)."""
+        return len(self.sampling_timesteps)
 
     def predict_noise(self, obs: PyTorchObs, x_t: th.Tensor, t: th.Tensor) -> th.Tensor:
         """``eps_theta(s, a_t, t)`` for rows that each have their own step (the training forward)."""
@@ -99,12 +154,13 @@ class DiffusionActor(BasePolicy):
     def draw_chain_noise(self, batch_size: int, n_samples: int, generators: list[th.Generator] | None = None) -> th.Tensor:
         """
         All the standard normal noise of ``n_samples`` reverse chains per state, in one tensor of shape
-        (T, batch_size, n_samples, d): slice 0 starts the chain, slice t >= 1 is the noise of step t.
+        (S, batch_size, n_samples, d) with S = ``sampling_steps``: slice 0 starts the chain, slice i >= 1
+        is the noise of sampling step i.
 
         :param generators: One CPU generator per state (the noise of each state then depends only on its
             generator); None draws from the global generator on the policy's device.
         """
-        shape = (self.diffusion_steps, n_samples, self.action_dim)
+        shape = (self.sampling_steps, n_samples, self.action_dim)
         if generators is None:
             return th.randn((shape[0], batch_size, *shape[1:]), device=self.device)
         assert len(generators) == batch_size
@@ -128,11 +184,97 @@ class DiffusionActor(BasePolicy):
                 noise = self.draw_chain_noise(features.shape[0], n_samples)
             features_part = self.noise_net.features_in(features)
             time_table = self.noise_net.time_table(self.diffusion_steps)
-            x = noise[0] * self.init_noise_scale
-            for t in reversed(range(self.diffusion_steps)):
-                eps = self.noise_net.forward_shared(features_part, x, time_table[t])
-                x = self.schedule.reverse_step(x, t, eps, noise[t] if t > 0 else None)
+            if use_cuda_graph(self.compile_mode, features_part.device):
+                x = self._captured_reverse_chain(features_part, time_table, noise)
+            else:
+                x = self._reverse_chain(features_part, time_table, noise)
         return x.clone()
+
+    def _captured_reverse_chain(self, features_part: th.Tensor, time_table: th.Tensor, noise: th.Tensor) -> th.Tensor:
+        """:meth:`_reverse_chain` replayed from a CUDA graph captured once per shape (CUDA only)."""
+        graphs = _CUDA_GRAPHS.get(self)
+        if graphs is None:
+            graphs = _CUDA_GRAPHS[self] = CudaGraphCache()
+        # a new graph when a shape or the storage of a parameter changes (e.g. after .to(device))
+        key = (tuple(noise.shape), noise.dtype, features_part.device, *(p.data_ptr() for p in self.noise_net.parameters()))
+        return graphs(key, self._reverse_chain, [features_part, time_table, noise])
+
+    def _reverse_chain(self, features_part: th.Tensor, time_table: th.Tensor, noise: th.Tensor) -> th.Tensor:
+        """
+        The reverse chains of all candidates, chunk by chunk of whole states: every chunk runs its full
+        chain in buffers that stay in the CPU caches (rows are independent, so chunking changes nothing).
+
+        :param features_part: ``features_in(features)``, shape (B, width)
+        :param time_table: The time block for every step, shape (T, width)
+        :param noise: Chain noise, shape (S, B, K, d)
+        :return: x_0, shape (B, K, d)
+        """
+        schedule, steps = self.sampling_schedule, self.sampling_timesteps
+        _, batch_size, n_samples, action_dim = noise.shape
+        device = features_part.device
+        if use_compiled_chain(self.compile_mode, device, batch_size * n_samples, features_part.shape[1]):
+            x = self._compiled_reverse_chain(features_part, time_table, noise)
+            if x is not None:
+                return x
+        compiled = use_compiled(self.compile_mode, device, batch_size * n_samples * features_part.shape[1])
+        chunks = chunk_states(batch_size, n_samples, chunk_rows_for(device))
+        mlp = self.noise_net.row_mlp(max(stop - start for start, stop in chunks) * n_samples, compiled=compiled)
+        out = None if len(chunks) == 1 else th.empty((batch_size, n_samples, action_dim), device=device, dtype=noise.dtype)
+        # the network sees the original step; the re-spaced schedule gives the coefficients
+        step_table = time_table[steps]  # (S, width)
+        for start, stop in chunks:
+            # features and time blocks of every step of this chunk at once: (S, b, width)
+            state_parts = features_part[start:stop].unsqueeze(0) + step_table.unsqueeze(1)
+            x = noise[0, start:stop] * self.init_noise_scale
+            for i in reversed(range(len(steps))):
+                eps = mlp(state_parts[i], x).view_as(x)
+                x = schedule.reverse_step(x, i, eps, noise[i, start:stop] if i > 0 else None)
+            if out is None:
+                return x
+            out[start:stop] = x
+        assert out is not None
+        return out
+
+    def _compiled_reverse_chain(self, features_part: th.Tensor, time_table: th.Tensor, noise: th.Tensor) -> th.Tensor | None:
+        """:meth:`_reverse_chain` as one compiled function (small chains on CPU); None if not possible."""
+        body = list(self.noise_net.body)
+        if not all(isinstance(module, nn.Mish) for module in body[0::2]):
+            return None
+        schedule = self.sampling_schedule
+        linears = body[1::2]
+        state_parts = features_part.unsqueeze(0) + time_table[self.sampling_timesteps].unsqueeze(1)
+        return compiled_chain(
+            state_parts,
+            noise[0] * self.init_noise_scale,
+            noise,
+            schedule.reverse_step_table,
+            self.noise_net.action_in.weight,
+            [layer.weight for layer in linears],
+            [layer.bias for layer in linears],
+        )
+
+    def sample_reference(self, obs: PyTorchObs, n_samples: int, noise: th.Tensor) -> th.Tensor:
+        """
+        The plain computation of :meth:`sample` (the full network on every row, no decomposition,
+        chunking or fused kernels), kept as the reference of the equivalence tests.
+        """
+        with th.no_grad():
+            features = self.extract_features(obs, self.features_extractor)
+            batch_size = features.shape[0]
+            rows = batch_size * n_samples
+            features = features.repeat_interleave(n_samples, dim=0)
+            x = noise[0].reshape(rows, -1) * self.init_noise_scale
+            schedule = self.sampling_schedule
+            for i in reversed(range(self.sampling_steps)):
+                steps = th.full((rows,), self.sampling_timesteps[i], device=x.device, dtype=th.long)
+                eps = self.noise_net(features, x, steps)
+                x0 = (
+                    x * schedule.coef("sqrt_recip_alphas_cumprod", i) - eps * schedule.coef("sqrt_recipm1_alphas_cumprod", i)
+                ).clamp(-1.0, 1.0)
+                x = schedule.coef("posterior_mean_coef1", i) * x0 + schedule.coef("posterior_mean_coef2", i) * x
+                if i > 0 and schedule.sampler == "ddpm":
+                    x = x + schedule.coef("posterior_std", i) * noise[i].reshape(rows, -1)
+        return x.view(batch_size, n_samples, -1)
 
     def forward(self, obs: PyTorchObs, deterministic: bool = False) -> th.Tensor:
         return self.sample(obs, 1)[:, 0]
@@ -142,13 +284,88 @@ class DiffusionActor(BasePolicy):
 
     def _get_constructor_parameters(self) -> dict[str, Any]:
         data = super()._get_constructor_parameters()
-        data.update(dict(net_arch=self.net_arch, features_dim=self.features_dim, activation_fn=self.activation_fn))
+        data.update(
+            dict(
+                net_arch=self.net_arch,
+                features_dim=self.features_dim,
+                activation_fn=self.activation_fn,
+                compile_mode=self.compile_mode,
+                sampling_steps=self.sampling_steps,
+                sampler=self.sampler,
+            )
+        )
         return data
 
 
-def min_q(critic: ContinuousCritic, obs: th.Tensor, actions: th.Tensor) -> th.Tensor:
-    """Minimum over the critics of Q(obs, actions), shape (N,)."""
-    return th.cat(critic(obs, actions), dim=1).min(dim=1).values
+def min_q(critic: ContinuousCritic, obs: th.Tensor, actions: th.Tensor, compile_mode: str = "auto") -> th.Tensor:
+    """
+    Minimum over the critics of Q(obs, actions).
+
+    Two forms:
+
+    - ``actions`` of shape (N, d) with N observations: one action per observation, result (N,);
+    - ``actions`` of shape (B, K, d) with B observations: K candidate actions per state, result (B, K).
+      Without autograd this computes each state's observation block of the critics' first layer once
+      for its K candidates (the same function as the critics on repeated observations, up to float
+      rounding) and runs the rest in cache-sized chunks; with autograd on it is the plain computation.
+
+    :param critic: The critics
+    :param obs: Observations
+    :param actions: Actions, (N, d) or (B, K, d)
+    :param compile_mode: Compile mode of the fast path (see :mod:`sb3_diffusion.common.kernels`)
+    """
+    if actions.dim() == 2:
+        return th.cat(critic(obs, actions), dim=1).min(dim=1).values
+    batch_size, n_candidates, action_dim = actions.shape
+    if th.is_grad_enabled() or _critic_blocks(critic) is None:
+        flat = actions.reshape(batch_size * n_candidates, action_dim)
+        return min_q(critic, repeat_obs(obs, n_candidates), flat).view(batch_size, n_candidates)
+    with th.inference_mode():
+        q_values = _min_q_per_state(critic, obs, actions, compile_mode)
+    return q_values.clone()
+
+
+def _critic_blocks(critic: ContinuousCritic) -> list[tuple[list[nn.Linear], list[nn.Module]]] | None:
+    """The layers of each Q network if all are plain MLPs with at least one hidden layer, else None."""
+    blocks = []
+    q_networks = getattr(critic, "q_networks", None)
+    if not isinstance(q_networks, (list, nn.ModuleList)) or not q_networks:
+        return None
+    for q_net in q_networks:
+        parts = split_mlp(q_net)
+        if parts is None or len(parts[0]) < 2:
+            return None
+        blocks.append(parts)
+    return blocks
+
+
+def _min_q_per_state(critic: ContinuousCritic, obs: th.Tensor, actions: th.Tensor, compile_mode: str) -> th.Tensor:
+    blocks = _critic_blocks(critic)
+    assert blocks is not None
+    batch_size, n_candidates, _ = actions.shape
+    features = critic.extract_features(obs, critic.features_extractor)
+    features_dim = features.shape[1]
+    device = actions.device
+    width = blocks[0][0][0].out_features
+    compiled = use_compiled(compile_mode, device, batch_size * n_candidates * width)
+    chunks = chunk_states(batch_size, n_candidates, chunk_rows_for(device))
+    max_rows = max(stop - start for start, stop in chunks) * n_candidates
+    mlps, state_parts = [], []
+    for linears, activations in blocks:
+        first = linears[0]
+        # Q(s, a) = ... act(W_s s + W_a a + b): the observation block once per state
+        state_parts.append(th.nn.functional.linear(features, first.weight[:, :features_dim], first.bias))
+        mlps.append(RowMLP(first.weight[:, features_dim:], activations, linears[1:], max_rows, compiled=compiled))
+    out = th.empty((batch_size, n_candidates), device=device, dtype=actions.dtype)
+    for start, stop in chunks:
+        target = out[start:stop]
+        for index, (mlp, state_part) in enumerate(zip(mlps, state_parts, strict=True)):
+            q_values = mlp(state_part[start:stop], actions[start:stop]).view(stop - start, n_candidates)
+            if index == 0:
+                target.copy_(q_values)
+            else:
+                th.minimum(target, q_values, out=target)
+    return out
 
 
 def repeat_obs(obs: PyTorchObs, n: int) -> PyTorchObs:
@@ -202,6 +419,13 @@ class DiffusionActorPolicy(BasePolicy):
     :param optimizer_class: The optimizer to use, ``th.optim.Adam`` by default
     :param optimizer_kwargs: Additional keyword arguments, excluding the learning rate, to pass to the optimizer
     :param n_critics: Number of critic networks
+    :param compile_mode: ``"auto"`` (default), ``"on"`` or ``"off"``: whether sampling and candidate
+        scoring use ``torch.compile``'d kernels (CPU) or a captured CUDA graph of the reverse chain (CUDA).
+        ``"auto"`` compiles on CPU only for large batches; the environment variable
+        ``SB3_DIFFUSION_COMPILE`` overrides it. The results are the same up to float rounding.
+    :param sampling_steps: Cheaper sampling, an option: reverse-chain steps when sampling (None: all
+        ``diffusion_steps``); fewer steps use a re-spaced schedule. Training is unchanged.
+    :param sampler: ``"ddpm"`` (default) or ``"ddim"`` (deterministic DDIM, eta = 0, an option)
     """
 
     actor: DiffusionActor
@@ -237,6 +461,9 @@ class DiffusionActorPolicy(BasePolicy):
         optimizer_class: type[th.optim.Optimizer] = th.optim.Adam,
         optimizer_kwargs: dict[str, Any] | None = None,
         n_critics: int = 2,
+        compile_mode: str = "auto",
+        sampling_steps: int | None = None,
+        sampler: str = "ddpm",
     ):
         check_action_space(action_space)
         if isinstance(observation_space, spaces.Dict) and features_extractor_class is FlattenExtractor:
@@ -269,18 +496,27 @@ class DiffusionActorPolicy(BasePolicy):
             time_embed_shift=check_int("time_embed_shift", time_embed_shift, minimum=0),
             time_embed_scale=check_float("time_embed_scale", time_embed_scale),
             init=check_choice("init", init, INITIALIZATIONS),
+            sampling_steps=None if sampling_steps is None else check_int("sampling_steps", sampling_steps),
+            sampler=check_choice("sampler", sampler, SAMPLERS),
         )
+        if sampling_steps is not None and sampling_steps > diffusion_steps:
+            raise ValueError(
+                f"sampling_steps must be at most diffusion_steps ({diffusion_steps}), got {sampling_steps}: "
+                "it selects a subset of the diffusion steps"
+            )
         self.critic_init = check_choice("critic_init", critic_init, INITIALIZATIONS)
         self.n_behavior_candidates = check_int("n_behavior_candidates", n_behavior_candidates)
         self.n_eval_candidates = check_int("n_eval_candidates", n_eval_candidates)
         self.behavior_actor = check_choice("behavior_actor", behavior_actor, ("ema", "online"))
         self.n_critics = check_int("n_critics", n_critics)
+        self.compile_mode = check_choice("compile_mode", compile_mode, COMPILE_MODES)
         self.actor_kwargs = dict(
             observation_space=self.observation_space,
             action_space=self.action_space,
             net_arch=actor_arch,
             activation_fn=activation_fn,
             normalize_images=normalize_images,
+            compile_mode=self.compile_mode,
             **self.diffusion_kwargs,
         )
         self.critic_kwargs = dict(
@@ -339,6 +575,7 @@ class DiffusionActorPolicy(BasePolicy):
                 features_extractor_class=self.features_extractor_class,
                 features_extractor_kwargs=self.features_extractor_kwargs,
                 n_critics=self.n_critics,
+                compile_mode=self.compile_mode,
             )
         )
         return data
@@ -369,8 +606,7 @@ class DiffusionActorPolicy(BasePolicy):
             return candidates[:, 0]
         batch_size = candidates.shape[0]
         with th.inference_mode():
-            q_values = min_q(critic, repeat_obs(obs, n_candidates), candidates.reshape(batch_size * n_candidates, -1))
-            best = q_values.view(batch_size, n_candidates).argmax(dim=1)
+            best = min_q(critic, obs, candidates, compile_mode=self.compile_mode).argmax(dim=1)
         return candidates[th.arange(batch_size, device=candidates.device), best.clone()]
 
     def add_exploration_noise(self, actions: th.Tensor, std: float | th.Tensor | None = None) -> th.Tensor:
@@ -431,6 +667,10 @@ class DiffusionActorPolicy(BasePolicy):
 
         :param mode: if true, set to training mode, else set to evaluation mode
         """
+        if self.training == mode and self.actor.training == mode and self.critic.training == mode:
+            # already there (predict() calls this on every call; walking every module costs ~0.3 ms)
+            if all(module.training == mode for module in (*self.actor.modules(), *self.critic.modules())):
+                return
         self.actor.set_training_mode(mode)
         self.critic.set_training_mode(mode)
         self.training = mode

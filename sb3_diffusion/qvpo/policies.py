@@ -49,6 +49,9 @@ class QVPOPolicy(DiffusionActorPolicy):
         optimizer_class: type[th.optim.Optimizer] = th.optim.Adam,
         optimizer_kwargs: dict[str, Any] | None = None,
         n_critics: int = 2,
+        compile_mode: str = "auto",
+        sampling_steps: int | None = None,
+        sampler: str = "ddpm",
     ):
         if optimizer_kwargs is None:
             optimizer_kwargs = dict(eps=1e-5)
@@ -78,6 +81,9 @@ class QVPOPolicy(DiffusionActorPolicy):
             optimizer_class=optimizer_class,
             optimizer_kwargs=optimizer_kwargs,
             n_critics=n_critics,
+            compile_mode=compile_mode,
+            sampling_steps=sampling_steps,
+            sampler=sampler,
         )
 
 

@@ -246,10 +246,11 @@ class QVPO(DiffusionOffPolicyAlgorithm):
         :return: ``(obs_rows, actions, row_weights, weights)``: B * (1 + n_uniform_samples) rows of
             observations, actions (d columns) and weights, and the weights ``w(s)`` of the B states
         """
-        batch_size, n_samples, action_dim = samples.shape
+        batch_size, _, action_dim = samples.shape
         with th.no_grad():
-            q_values = min_q(self.critic, repeat_obs(obs, n_samples), samples.reshape(-1, action_dim))
-            weights, best_index = self.policy_weights(q_values.view(batch_size, n_samples))
+            # (B, N_d): each state's observation block of the critics computed once for its samples
+            q_values = min_q(self.critic, obs, samples, compile_mode=self.policy.compile_mode)
+            weights, best_index = self.policy_weights(q_values)
             best_actions = samples[th.arange(batch_size, device=samples.device), best_index]
             uniform = th.rand(batch_size, self.n_uniform_samples, action_dim, device=samples.device) * 2.0 - 1.0
             actions = th.cat([best_actions[:, None, :], uniform], dim=1).view(-1, action_dim)

@@ -1,0 +1,616 @@
+"""
+Update and action speed of the diffusion algorithms beside SB3's SAC, against the hardware floor.
+
+One run prints, for each environment's shapes (default Hopper-v5 and Humanoid-v5) and each
+algorithm at its official settings:
+
+- milliseconds per update: the median over ``--repeats`` updates after warm-up, per kind of update
+  (SDAC alternates an actor-step update and a critic-only update, ``policy_delay=2``); "per update" is
+  the mean over one policy-delay cycle, "actor step" is the heavier update alone;
+- matmul FLOPs and activation (Mish) elements per update, counted on the real code (a dispatch mode
+  sees every matmul and every exp/mish), with SDAC's analytic count beside it as a check;
+- the matmul rate (16384x256 @ 256x256) and the best exact Mish rate, both measured in the same run;
+- the floor (FLOPs / matmul rate + activation elements / activation rate), the time over the floor,
+  and the fraction of the matmul peak the update reaches (FLOPs / time / matmul rate);
+- milliseconds per action for one observation (the behaviour policy: best-of-32 for SDAC, best-of-4
+  for QVPO, and the deterministic best-of-32) and rollout env steps per second (env step + action);
+- all of it for each ``--threads`` count (one subprocess per count) and the speed-up between them;
+- on CUDA, the projected wall time of a 1M-step SDAC Hopper run (200k updates, 5 envs).
+
+The replay buffer is filled with random transitions of the right shapes (the update's cost does not
+depend on the data). The machine may be shared: the load average is printed, and every update is
+paired with a matmul probe run just before it, so the "paired" ratio stays meaningful under load.
+
+Usage::
+
+    python benchmarks/bench_updates.py                       # 1 and 2 threads, Hopper and Humanoid
+    python benchmarks/bench_updates.py --threads 1 --envs Hopper-v5 --algos sdac sac --repeats 5
+    python benchmarks/bench_updates.py --device cuda --threads 8
+"""
+
+import argparse
+import itertools
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+DEFAULT_ENVS = ["Hopper-v5", "Humanoid-v5"]
+DEFAULT_ALGOS = ["sdac", "qvpo", "sac"]
+MATMUL_SHAPE = (16384, 256, 256)
+# SDAC's official run: 1M env steps with 5 envs = 200k updates and 200k vector steps, after 30k warm-up steps
+SDAC_RUN = dict(updates=200_000, vector_steps=200_000, n_envs=5, warmup_steps=30_000)
+
+
+# --------------------------------------------------------------------------------------------------
+# Worker: one thread count, everything measured in one process
+# --------------------------------------------------------------------------------------------------
+
+
+def _sync(device: Any) -> None:
+    import torch as th
+
+    if device.type == "cuda":
+        th.cuda.synchronize(device)
+
+
+def _timed(fn: Callable[[], Any], device: Any) -> tuple[float, float]:
+    """(wall seconds, process CPU seconds) of one call."""
+    _sync(device)
+    wall, cpu = time.perf_counter(), time.process_time()
+    fn()
+    _sync(device)
+    return time.perf_counter() - wall, time.process_time() - cpu
+
+
+class Probes:
+    """The matmul and activation rates of this process, measured on demand."""
+
+    def __init__(self, device: Any):
+        import torch as th
+
+        self.device = device
+        m, k, n = MATMUL_SHAPE
+        generator = th.Generator().manual_seed(0)
+        self.a = th.randn(m, k, generator=generator).to(device)
+        self.w = th.randn(k, n, generator=generator).to(device)
+        self.out = th.empty(m, n, device=device)
+        self.flops = 2.0 * m * k * n
+        self.w_t = self.w.t().contiguous()  # (n, k): the nn.Linear layout
+        # the best fp32 matmul torch offers for this shape: torch.mm (MKL on CPU) and, on CPU, oneDNN's linear
+        self.implementations: dict[str, Callable[[], Any]] = {"torch.mm": lambda: th.mm(self.a, self.w, out=self.out)}
+        if device.type == "cpu" and th.backends.mkldnn.is_available() and hasattr(th.ops.mkldnn, "_linear_pointwise"):
+            onednn = th.ops.mkldnn._linear_pointwise
+            self.implementations["oneDNN linear"] = lambda: onednn(self.a, self.w_t, None, "none", [], "")
+        self.rates: list[float] = []  # best matmul FLOP/s (wall time) of every probe
+        self.cpu_rates: list[float] = []  # the same in process CPU time
+        self.by_implementation: dict[str, list[float]] = {name: [] for name in self.implementations}
+
+    def matmul(self, calls: int = 2) -> tuple[float, float]:
+        """Best matmul rate (FLOP/s) over the implementations and ``calls`` calls: (wall, CPU time)."""
+        best_wall, best_cpu = float("inf"), float("inf")
+        for name, fn in self.implementations.items():
+            timings = [_timed(fn, self.device) for _ in range(calls)]
+            wall = min(w for w, _ in timings)
+            self.by_implementation[name].append(self.flops / wall)
+            best_wall, best_cpu = min(best_wall, wall), min(best_cpu, min(max(c, 1e-9) for _, c in timings))
+        self.rates.append(self.flops / best_wall)
+        self.cpu_rates.append(self.flops / best_cpu)
+        return self.flops / best_wall, self.flops / best_cpu
+
+    def activations(self, repeats: int = 7) -> dict[str, float]:
+        """Elements per second of the exact Mish implementations on a 16384x256 tensor."""
+        import torch as th
+        from torch.nn import functional as F
+
+        from sb3_diffusion.common import kernels
+
+        x = self.a.clone()
+        bias = th.zeros(x.shape[1], device=self.device)
+        tmp1, tmp2 = th.empty_like(x), th.empty_like(x)
+        candidates: dict[str, Callable[[], Any]] = {
+            "torch F.mish": lambda: F.mish(x),
+            "one-exp in place (eager)": lambda: kernels.mish_(x.copy_(self.a), tmp1, tmp2),
+        }
+        if self.device.type == "cpu" and kernels.resolve_compile_mode("auto") != "off":
+            compiled = kernels._COMPILED.get()
+            if compiled is not None:
+                candidates["one-exp fused bias+Mish (compiled)"] = lambda: compiled.bias_mish(x.copy_(self.a), bias)  # type: ignore[misc]
+        copy_time = statistics.median(_timed(lambda: x.copy_(self.a), self.device)[0] for _ in range(repeats))
+        rates = {}
+        with th.inference_mode():
+            for name, fn in candidates.items():
+                try:
+                    fn()
+                    seconds = statistics.median(_timed(fn, self.device)[0] for _ in range(repeats))
+                except Exception as error:  # a failed compile leaves the eager ones
+                    print(f"  {name}: unavailable ({error})", file=sys.stderr)
+                    continue
+                if "in place" in name or "compiled" in name:
+                    seconds = max(seconds - copy_time, 1e-9)  # the refill copy is not part of the activation
+                rates[name] = x.numel() / seconds
+        return rates
+
+
+def count_update(model: Any, updates: int) -> dict[str, float]:
+    """Matmul FLOPs and activation elements of ``updates`` updates, counted on the eager code path."""
+    import torch as th
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    aten = th.ops.aten
+    matmuls = {aten.mm, aten.addmm, aten.addmm_, aten.bmm, aten.baddbmm, aten.baddbmm_}
+    onednn_linear = getattr(th.ops.mkldnn, "_linear_pointwise", None)  # X (m, k), W (n, k)
+    activations = {aten.exp, aten.exp_, aten.mish, aten.mish_}
+
+    class Counter(TorchDispatchMode):
+        def __init__(self) -> None:
+            super().__init__()
+            self.flops = 0.0
+            self.activations = 0.0
+            self.backward_activations = 0.0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
+            kwargs = kwargs or {}
+            packet = func.overloadpacket
+            if packet in matmuls:
+                a, b = (args[0], args[1]) if packet in (aten.mm, aten.bmm) else (args[1], args[2])
+                self.flops += 2.0 * a.numel() * b.shape[-1]
+            elif onednn_linear is not None and packet == onednn_linear:
+                x, weight = args[0], (args[2] if func == onednn_linear.binary else args[1])
+                self.flops += 2.0 * x.numel() * weight.shape[0]
+            elif packet in activations:
+                self.activations += args[0].numel()
+            elif packet == aten.mish_backward:
+                self.backward_activations += args[0].numel()
+            return func(*args, **kwargs)
+
+    previous = os.environ.get("SB3_DIFFUSION_COMPILE")
+    os.environ["SB3_DIFFUSION_COMPILE"] = "off"  # the eager kernels do the same matmuls, and are visible
+    try:
+        with Counter() as counter:
+            model.train(gradient_steps=updates, batch_size=model.batch_size)
+    finally:
+        if previous is None:
+            del os.environ["SB3_DIFFUSION_COMPILE"]
+        else:
+            os.environ["SB3_DIFFUSION_COMPILE"] = previous
+    return dict(
+        flops=counter.flops / updates,
+        activations=counter.activations / updates,
+        backward_activations=counter.backward_activations / updates,
+    )
+
+
+class _Shapes:
+    """Multiply-accumulate counts of the pieces of an update, from the policy's shapes."""
+
+    def __init__(self, model: Any):
+        policy = model.policy
+        actor = policy.actor
+        net = actor.noise_net
+        self.obs_dim, self.act_dim, self.arch = actor.features_dim, actor.action_dim, actor.net_arch
+        self.steps = actor.sampling_steps
+        critic_arch = [layer.out_features for layer in policy.critic.q_networks[0] if hasattr(layer, "out_features")][:-1]
+        n_critics = policy.n_critics
+        time_dim, time_hidden = net.time_embedding.dim, net.time_mlp[0].out_features
+        self.time_mlp = 2 * time_dim * time_hidden
+        self.time_table = actor.diffusion_steps * (self.time_mlp + time_dim * self.arch[0])
+        self.noise_row = self.act_dim * self.arch[0] + self.mlp(self.arch, self.act_dim)  # per candidate and step
+        self.noise_full = (self.obs_dim + self.act_dim + time_dim) * self.arch[0] + self.mlp(self.arch, self.act_dim)
+        self.noise_full += self.time_mlp  # the training forward runs the time MLP per row
+        self.critic_row = n_critics * (self.act_dim * critic_arch[0] + self.mlp(critic_arch, 1))  # per candidate
+        self.critic_state = n_critics * self.obs_dim * critic_arch[0]
+        self.critic_full = n_critics * ((self.obs_dim + self.act_dim) * critic_arch[0] + self.mlp(critic_arch, 1))
+
+    @staticmethod
+    def mlp(widths: list[int], out: int) -> float:
+        return float(sum(a * b for a, b in itertools.pairwise(widths)) + widths[-1] * out)
+
+    def chain(self, states: int, k: int) -> float:
+        """k reverse chains per state: observation block once per state, time table once."""
+        return states * (self.obs_dim * self.arch[0] + k * self.steps * self.noise_row) + self.time_table
+
+    def scoring(self, states: int, k: int) -> float:
+        """The critics on k candidates per state: observation block once per state."""
+        return states * (self.critic_state + k * self.critic_row)
+
+
+def sdac_analytic(model: Any) -> dict[str, float]:
+    """
+    SDAC's matmul FLOPs per update (mean over a policy-delay cycle) from the shapes alone: the noise
+    network through the reverse chains, the critics scoring the candidates (observation blocks once
+    per state), the TD target and the training passes (backward = 2x forward).
+    """
+    shapes = _Shapes(model)
+    batch, k, n_rev = model.batch_size, model.n_candidates, model.n_reverse_samples
+
+    def best_of(states: int) -> float:
+        return shapes.chain(states, k) + shapes.scoring(states, k)
+
+    critic_train = 3 * batch * shapes.critic_full
+    target = batch * shapes.critic_full
+    actor_train = 3 * batch * shapes.noise_full
+    actor_update = best_of(2 * batch) + shapes.scoring(batch, n_rev) + target + critic_train + actor_train
+    critic_update = best_of(batch) + target + critic_train
+    delay = model.policy_delay
+    return dict(flops=2.0 * (actor_update + (delay - 1) * critic_update) / delay, actor_step_flops=2.0 * actor_update)
+
+
+def qvpo_analytic(model: Any) -> dict[str, float]:
+    """
+    QVPO's matmul FLOPs per update from the shapes alone: the EMA actor's best-of-K_t TD target scored
+    by the target critics, the critic step, N_d samples per state scored by the critics, and the
+    actor's weighted loss on (1 + N_e) rows per state (backward = 2x forward).
+    """
+    shapes = _Shapes(model)
+    batch, k_t, n_d = model.batch_size, model.n_target_candidates, model.n_policy_samples
+    rows = batch * (1 + model.n_uniform_samples)
+    update = shapes.chain(batch, k_t) + shapes.scoring(batch, k_t) + batch * shapes.critic_full
+    update += 3 * batch * shapes.critic_full + shapes.chain(batch, n_d) + shapes.scoring(batch, n_d)
+    update += 3 * rows * shapes.noise_full
+    return dict(flops=2.0 * update, actor_step_flops=2.0 * update)
+
+
+ANALYTIC = {"sdac": sdac_analytic, "qvpo": qvpo_analytic}
+
+
+def fill_buffer(model: Any, n: int, rng: np.random.Generator) -> None:
+    buffer = model.replay_buffer
+    obs_shape, act_dim = buffer.obs_shape, buffer.action_dim
+    buffer.observations[:n] = rng.standard_normal((n, 1, *obs_shape)).astype(np.float32)
+    if not buffer.optimize_memory_usage:
+        buffer.next_observations[:n] = rng.standard_normal((n, 1, *obs_shape)).astype(np.float32)
+    buffer.actions[:n] = rng.uniform(-1, 1, (n, 1, act_dim)).astype(np.float32)
+    buffer.rewards[:n] = rng.standard_normal((n, 1)).astype(np.float32)
+    buffer.dones[:n] = (rng.uniform(size=(n, 1)) < 0.01).astype(np.float32)
+    buffer.pos, buffer.full = n, False
+
+
+def make_model(algo: str, env_id: str, device: str) -> Any:
+    import gymnasium as gym
+    from stable_baselines3.common.logger import configure
+
+    env = gym.make(env_id)
+    common = dict(buffer_size=20_000, learning_starts=0, device=device, seed=0, verbose=0)
+    if algo == "sac":
+        from stable_baselines3 import SAC
+
+        model = SAC("MlpPolicy", env, **common)
+    elif algo == "sdac":
+        from sb3_diffusion import SDAC
+
+        model = SDAC("MlpPolicy", env, **common)
+    elif algo == "qvpo":
+        from sb3_diffusion import QVPO  # type: ignore[attr-defined]
+
+        model = QVPO("MlpPolicy", env, **common)
+    else:
+        raise ValueError(f"Unknown algorithm {algo!r}")
+    model.set_logger(configure(folder=None, format_strings=[]))
+    return model
+
+
+def algo_available(algo: str) -> bool:
+    if algo != "qvpo":
+        return True
+    try:
+        from sb3_diffusion import QVPO  # type: ignore[attr-defined]  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def time_actions(model: Any, env_id: str, repeats: int, device: Any) -> dict[str, float]:
+    """Milliseconds per action for one observation, and rollout env steps per second."""
+    import gymnasium as gym
+
+    env = gym.make(env_id)
+    obs, _ = env.reset(seed=0)
+    result: dict[str, float] = {}
+    modes = {"behaviour": False}
+    if algo_name(model) != "sac":
+        modes["deterministic"] = True
+    for name, deterministic in modes.items():
+        for _ in range(3):
+            model.predict(obs, deterministic=deterministic)
+        times = [_timed(lambda d=deterministic: model.predict(obs, deterministic=d), device) for _ in range(repeats)]  # type: ignore[misc]
+        result[f"{name}_action_ms"] = 1e3 * statistics.median(wall for wall, _ in times)
+        result[f"{name}_action_cpu_ms"] = 1e3 * statistics.median(cpu for _, cpu in times)
+    # Five observations at once (SDAC's five parallel envs), for the run projection
+    batch = np.stack([obs] * SDAC_RUN["n_envs"])
+    model.predict(batch)
+    result["action5_ms"] = 1e3 * statistics.median(_timed(lambda: model.predict(batch), device)[0] for _ in range(repeats))
+
+    def rollout(steps: int, act: bool) -> float:
+        observation, _ = env.reset(seed=1)
+        start = time.perf_counter()
+        for _ in range(steps):
+            action = model.predict(observation)[0] if act else env.action_space.sample()
+            observation, _, terminated, truncated, _ = env.step(action)
+            if terminated or truncated:
+                observation, _ = env.reset()
+        return steps / (time.perf_counter() - start)
+
+    rollout(5, True)
+    result["rollout_steps_per_s"] = rollout(max(repeats * 4, 100), True)
+    result["env_step_ms"] = 1e3 / rollout(1000, False)
+    return result
+
+
+def algo_name(model: Any) -> str:
+    return type(model).__name__.lower()
+
+
+def measure_algo(algo: str, env_id: str, args: argparse.Namespace, probes: Probes) -> dict[str, Any]:
+    import torch as th
+
+    device = th.device(args.device)
+    model = make_model(algo, env_id, args.device)
+    fill_buffer(model, 10_000, np.random.default_rng(0))
+    delay = int(getattr(model, "policy_delay", 1))
+    # SAC and QVPO update every step the same way; SDAC alternates actor and critic-only updates
+    counts: dict[str, dict[str, float]] = {}
+    for _ in range(delay):
+        kind = next_kind(model, delay)  # before the update (the right side of an assignment runs first)
+        counts[kind] = count_update(model, 1)
+    weights = {"actor": 1.0 / delay, "critic": (delay - 1.0) / delay}
+    counted = {key: sum(weights[kind] * values[key] for kind, values in counts.items()) for key in counts["actor"]}
+    for _ in range(args.warmup * delay):
+        model.train(gradient_steps=1, batch_size=model.batch_size)  # compiles what compiles
+    by_kind: dict[str, list[tuple[float, float, float]]] = {}
+    for _ in range(args.repeats * delay):
+        kind = next_kind(model, delay)
+        rate, _ = probes.matmul()
+        wall, cpu = _timed(lambda: model.train(gradient_steps=1, batch_size=model.batch_size), device)
+        by_kind.setdefault(kind, []).append((wall, cpu, rate))
+    medians = {kind: statistics.median(w for w, _, _ in values) for kind, values in by_kind.items()}
+    cpu_medians = {kind: statistics.median(c for _, c, _ in values) for kind, values in by_kind.items()}
+    # mean over one cycle: one actor update and delay-1 critic-only updates
+    update = (medians["actor"] + (delay - 1) * medians.get("critic", 0.0)) / delay
+    update_cpu = (cpu_medians["actor"] + (delay - 1) * cpu_medians.get("critic", 0.0)) / delay
+    paired_rates = [rate for values in by_kind.values() for _, _, rate in values]
+    result: dict[str, Any] = dict(
+        algo=algo,
+        env=env_id,
+        update_ms=1e3 * update,
+        update_cpu_ms=1e3 * update_cpu,
+        actor_update_ms=1e3 * medians["actor"],
+        policy_delay=delay,
+        paired_matmul_rate=statistics.median(paired_rates),
+        counts=counts,
+        **counted,
+    )
+    if algo in ANALYTIC:
+        result.update({f"analytic_{key}": value for key, value in ANALYTIC[algo](model).items()})
+    result.update(time_actions(model, env_id, args.action_repeats, device))
+    if hasattr(model, "policy") and hasattr(model.policy, "n_behavior_candidates"):
+        result["behaviour_k"] = model.policy.n_behavior_candidates
+        result["eval_k"] = model.policy.n_eval_candidates
+    result["per_update"] = [(kind, wall, rate) for kind, values in by_kind.items() for wall, _, rate in values]
+    return result
+
+
+def next_kind(model: Any, delay: int) -> str:
+    """Kind of the next update: "actor" when it includes the (delayed) actor step."""
+    return "actor" if (model._n_updates + 1) % delay == 0 else "critic"
+
+
+def worker(args: argparse.Namespace) -> None:
+    import torch as th
+
+    th.set_num_threads(args.threads)
+    device = th.device(args.device)
+    probes = Probes(device)
+    probes.matmul(3)
+    activation_rates = probes.activations()
+    results = []
+    for env_id in args.envs:
+        for algo in args.algos:
+            if not algo_available(algo):
+                print(f"  [{args.threads} thread(s)] {algo}: not importable, skipped", file=sys.stderr)
+                continue
+            start = time.perf_counter()
+            results.append(measure_algo(algo, env_id, args, probes))
+            print(f"  [{args.threads} thread(s)] {env_id} {algo}: {time.perf_counter() - start:.0f} s", file=sys.stderr)
+    for name, rate in probes.activations().items():  # again at the end: the best of both
+        activation_rates[name] = max(rate, activation_rates.get(name, 0.0))
+    output = dict(
+        threads=args.threads,
+        device=str(device),
+        matmul_rate=statistics.median(probes.rates),
+        matmul_rate_max=max(probes.rates),
+        matmul_cpu_rate=statistics.median(probes.cpu_rates),
+        matmul_by_implementation={name: statistics.median(rates) for name, rates in probes.by_implementation.items()},
+        activation_rates=activation_rates,
+        results=results,
+        loadavg=_loadavg(),
+    )
+    print("JSON:" + json.dumps(output))
+
+
+# --------------------------------------------------------------------------------------------------
+# Driver: one worker per thread count, then the tables
+# --------------------------------------------------------------------------------------------------
+
+
+def _loadavg() -> str:
+    try:
+        with open("/proc/loadavg") as file:
+            return " ".join(file.read().split()[:3])
+    except OSError:
+        return "n/a"
+
+
+def derive(run: dict[str, Any], result: dict[str, Any]) -> dict[str, float]:
+    """Floor, ratio and fraction of the matmul peak of one result of one worker."""
+    best_activation = max(run["activation_rates"].values())
+    matmul_rate = run["matmul_rate"]
+    floor = result["flops"] / matmul_rate + result["activations"] / best_activation
+    actor = result["counts"]["actor"]
+    actor_floor = actor["flops"] / matmul_rate + actor["activations"] / best_activation
+    # the same in process CPU time (meaningful with one thread): insensitive to time lost to other processes
+    cpu_floor = result["flops"] / run["matmul_cpu_rate"] + result["activations"] / best_activation
+    # paired: each update against the matmul rate probed just before it (robust to a changing load)
+    ratios = []
+    for kind, wall, rate in result["per_update"]:
+        count = result["counts"][kind]
+        ratios.append(wall / (count["flops"] / rate + count["activations"] / best_activation))
+    return dict(
+        floor_ms=1e3 * floor,
+        actor_floor_ms=1e3 * actor_floor,
+        ratio=result["update_ms"] / 1e3 / floor,
+        cpu_ratio=result["update_cpu_ms"] / 1e3 / cpu_floor,
+        paired_ratio=statistics.median(ratios),
+        peak_fraction=result["flops"] / (result["update_ms"] / 1e3) / matmul_rate,
+    )
+
+
+def run_worker(args: argparse.Namespace, threads: int) -> dict[str, Any]:
+    command = [sys.executable, os.path.abspath(__file__), "--worker", "--threads", str(threads)]
+    command += ["--envs", *args.envs, "--algos", *args.algos, "--device", args.device]
+    command += ["--repeats", str(args.repeats), "--warmup", str(args.warmup), "--action-repeats", str(args.action_repeats)]
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
+    print(f"running {threads} thread(s): {' '.join(command[1:])}", file=sys.stderr)
+    completed = subprocess.run(command, env=env, stdout=subprocess.PIPE, text=True, check=True)
+    for line in completed.stdout.splitlines():
+        if line.startswith("JSON:"):
+            return json.loads(line[5:])
+    raise RuntimeError(f"worker for {threads} thread(s) printed no result:\n{completed.stdout}")
+
+
+def fmt(value: float | None, digits: int = 0) -> str:
+    return "n/a" if value is None else f"{value:,.{digits}f}"
+
+
+def print_report(args: argparse.Namespace, runs: list[dict[str, Any]], load_before: str) -> None:
+    import torch as th
+
+    base = runs[0]
+    cpu = platform.processor() or platform.machine()
+    print(f"\n## Update and action speed ({cpu}, torch {th.__version__}, device {args.device})\n")
+    print("Command: `python benchmarks/bench_updates.py " + " ".join(_command_args(args)) + "`  ")
+    print(f"Load average before / after: {load_before} / {runs[-1]['loadavg']} ({os.cpu_count()} CPUs)\n")
+    m, k, n = MATMUL_SHAPE
+    for run in runs:
+        rates = ", ".join(f"{name} {rate / 1e9:.2f} G/s" for name, rate in run["activation_rates"].items())
+        implementations = ", ".join(f"{name} {rate / 1e9:.0f}" for name, rate in run["matmul_by_implementation"].items())
+        print(
+            f"- {run['threads']} thread(s): matmul {m}x{k} @ {k}x{n}, best implementation per probe: "
+            f"median {run['matmul_rate'] / 1e9:.0f} GFLOP/s (max {run['matmul_rate_max'] / 1e9:.0f}; "
+            f"in CPU time {run['matmul_cpu_rate'] / 1e9:.0f}; medians by implementation: {implementations}); "
+            f"Mish elements/s: {rates}"
+        )
+    by_key = {(r["env"], r["algo"]): r for r in base["results"]}
+    others = {run["threads"]: {(r["env"], r["algo"]): r for r in run["results"]} for run in runs[1:]}
+    t0 = base["threads"]
+    header = [
+        "shapes",
+        "algorithm",
+        f"ms/update; CPU ms ({t0} thr)",
+        "actor-step update ms",
+        *[f"ms/update ({t} thr) [speed-up]" for t in others],
+        "matmul GFLOP/update",
+        "Mish Melem/update",
+        f"floor ms ({t0} thr)",
+        "time/floor (paired; CPU time)",
+        "matmul peak fraction",
+        "action ms; CPU ms (behaviour, K)",
+        "action ms; CPU ms (deterministic, K)",
+        "rollout steps/s",
+    ]
+    print("\n| " + " | ".join(header) + " |")
+    print("|" + "---|" * len(header))
+    for (env_id, algo), result in by_key.items():
+        derived = derive(base, result)
+        flops = f"{result['flops'] / 1e9:.1f}"
+        if "analytic_flops" in result:
+            flops += f" (analytic {result['analytic_flops'] / 1e9:.1f})"
+        cells = [
+            env_id.split("-")[0],
+            algo.upper() if algo != "sac" else "SB3 SAC",
+            f"{fmt(result['update_ms'])}; {fmt(result['update_cpu_ms'])}",
+            fmt(result["actor_update_ms"]) if result["policy_delay"] > 1 else "same",
+        ]
+        for table in others.values():
+            other = table.get((env_id, algo))
+            cells.append(f"{fmt(other['update_ms'])} [{result['update_ms'] / other['update_ms']:.2f}x]" if other else "n/a")
+        k_b = result.get("behaviour_k", 1)
+        k_e = result.get("eval_k")
+        cells += [
+            flops,
+            fmt(result["activations"] / 1e6),
+            fmt(derived["floor_ms"]),
+            f"{derived['ratio']:.2f} ({derived['paired_ratio']:.2f}; {derived['cpu_ratio']:.2f})",
+            f"{derived['peak_fraction']:.2f}",
+            f"{result['behaviour_action_ms']:.2f}; {result['behaviour_action_cpu_ms']:.2f} (K={k_b})",
+            (
+                f"{result['deterministic_action_ms']:.2f}; {result['deterministic_action_cpu_ms']:.2f} (K={k_e})"
+                if k_e
+                else "n/a"
+            ),
+            fmt(result["rollout_steps_per_s"]),
+        ]
+        print("| " + " | ".join(cells) + " |")
+    print(
+        "\nms/update: median over repeated updates, mean over one policy-delay cycle (SDAC: one actor-step and one "
+        "critic-only update). Floor: matmul FLOPs / median matmul rate + Mish elements / best Mish rate, same run. "
+        "Paired: each update against the matmul rate probed just before it. CPU time: update and matmul probe in "
+        "process CPU time (meaningful with one thread), insensitive to time lost to other processes."
+    )
+    sdac = by_key.get(("Hopper-v5", "sdac"))
+    if sdac is not None:
+        hours = projected_sdac_hours(sdac)
+        print(
+            f"\nProjected 1M-step SDAC Hopper run on this device ({t0} thread(s)): "
+            f"{SDAC_RUN['updates']:,} x {sdac['update_ms']:.1f} ms (update) + {SDAC_RUN['vector_steps']:,} x "
+            f"({sdac['action5_ms']:.2f} ms (best-of-32 for 5 states) + 5 x {sdac['env_step_ms']:.3f} ms (env step)) + "
+            f"{SDAC_RUN['warmup_steps']:,} x {sdac['env_step_ms']:.3f} ms (warm-up) = {hours:.2f} h"
+        )
+
+
+def projected_sdac_hours(result: dict[str, Any]) -> float:
+    """Wall time of SDAC's official 1M-step run from the measured pieces (updates, acting, env steps)."""
+    seconds = SDAC_RUN["updates"] * result["update_ms"] / 1e3
+    seconds += SDAC_RUN["vector_steps"] * (result["action5_ms"] + SDAC_RUN["n_envs"] * result["env_step_ms"]) / 1e3
+    seconds += SDAC_RUN["warmup_steps"] * result["env_step_ms"] / 1e3
+    return seconds / 3600
+
+
+def _command_args(args: argparse.Namespace) -> list[str]:
+    out = ["--threads", *map(str, args.threads), "--envs", *args.envs, "--algos", *args.algos]
+    return [*out, "--repeats", str(args.repeats), "--device", args.device]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--threads", type=int, nargs="+", default=[1, 2], help="torch thread counts (one worker each)")
+    parser.add_argument("--repeats", type=int, default=10, help="timed updates of each kind")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed policy-delay cycles first (compilation)")
+    parser.add_argument("--action-repeats", type=int, default=30, help="timed actions")
+    parser.add_argument("--envs", nargs="+", default=DEFAULT_ENVS, help="environments whose shapes are used")
+    parser.add_argument("--algos", nargs="+", default=DEFAULT_ALGOS, choices=DEFAULT_ALGOS)
+    parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
+    parser.add_argument("--json", default=None, help="also write the raw measurements to this file")
+    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        args.threads = args.threads[0]
+        worker(args)
+        return
+    load_before = _loadavg()
+    runs = [run_worker(args, threads) for threads in args.threads]
+    if args.json:
+        with open(args.json, "w") as file:
+            json.dump(runs, file, indent=1)
+    print_report(args, runs, load_before)
+
+
+if __name__ == "__main__":
+    main()
