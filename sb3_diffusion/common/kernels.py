@@ -132,6 +132,35 @@ def _chain_kernel(
     return x
 
 
+def _min_q_kernel(
+    state_parts: list[th.Tensor],
+    actions: th.Tensor,
+    first_weights: list[th.Tensor],
+    weights: list[list[th.Tensor]],
+    biases: list[list[th.Tensor]],
+) -> th.Tensor:
+    """
+    The minimum over Mish critics of Q on k candidates per state (the function of ``min_q``'s
+    per-state form), written for ``torch.compile``.
+
+    :param state_parts: Per critic, the observation block of its first layer, bias included, (b, W_0)
+    :param actions: Candidates (b, k, d)
+    :param first_weights: Per critic, the action block of its first layer (W_0, d)
+    :param weights: Per critic, the weights of the following linear layers, the output layer last
+    :param biases: Their biases
+    :return: (b, k)
+    """
+    result = None
+    for state_part, first_weight, layer_weights, layer_biases in zip(state_parts, first_weights, weights, biases, strict=True):
+        h = _mish_formula(state_part.unsqueeze(1) + actions @ first_weight.t())
+        for weight, bias in zip(layer_weights[:-1], layer_biases[:-1], strict=True):
+            h = _mish_formula(h @ weight.t() + bias)
+        q_values = (h @ layer_weights[-1].t() + layer_biases[-1]).squeeze(-1)
+        result = q_values if result is None else th.minimum(result, q_values)
+    assert result is not None
+    return result
+
+
 class _CompiledKernels:
     """The ``torch.compile``'d kernels, built on first use; after a failure the eager ones are used."""
 
@@ -139,6 +168,7 @@ class _CompiledKernels:
         self.bias_mish: Callable[..., None] | None = None
         self.mish: Callable[..., None] | None = None
         self.chain: Callable[..., th.Tensor] | None = None
+        self.min_q: Callable[..., th.Tensor] | None = None
         self.broken = False
 
     def get(self) -> "_CompiledKernels | None":
@@ -155,7 +185,9 @@ class _CompiledKernels:
             # default of 8 per function before it falls back to eager code.
             dynamo_config = th._dynamo.config
             dynamo_config.recompile_limit = max(dynamo_config.recompile_limit, 64)
-            self.chain = th.compile(_chain_kernel, dynamic=False, fullgraph=True, options={**options, "cpp_wrapper": True})
+            small_options = {**options, "cpp_wrapper": True}
+            self.chain = th.compile(_chain_kernel, dynamic=False, fullgraph=True, options=small_options)
+            self.min_q = th.compile(_min_q_kernel, dynamic=False, fullgraph=True, options=small_options)
         return self
 
     def fail(self, error: BaseException) -> None:
@@ -370,13 +402,16 @@ def use_compiled_chain(mode: str | bool | None, device: th.device, rows: int, wi
     return mode == "on" or width >= AUTO_CHAIN_MIN_WIDTH
 
 
-def compiled_chain(*args: object) -> th.Tensor | None:
-    """Run :func:`_chain_kernel` compiled; None (and the eager path from then on) if compilation fails."""
+def compiled_chain(*args: object, kernel: str = "chain") -> th.Tensor | None:
+    """
+    Run :func:`_chain_kernel` (``kernel="chain"``) or :func:`_min_q_kernel` (``"min_q"``) compiled;
+    None (and the eager path from then on) if compilation fails.
+    """
     kernels = _COMPILED.get()
     if kernels is None:
         return None
     try:
-        return kernels.chain(*args)  # type: ignore[misc]
+        return getattr(kernels, kernel)(*args)
     except Exception as error:  # pragma: no cover - depends on the platform's compiler
         _COMPILED.fail(error)
         return None

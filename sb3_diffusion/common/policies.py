@@ -14,6 +14,7 @@ from stable_baselines3.common.preprocessing import get_action_dim
 from stable_baselines3.common.torch_layers import BaseFeaturesExtractor, FlattenExtractor, get_actor_critic_arch
 from stable_baselines3.common.type_aliases import PyTorchObs, Schedule
 from torch import nn
+from torch.nn import functional as F
 
 from sb3_diffusion.common.diffusion import (
     BETA_SCHEDULES,
@@ -347,6 +348,19 @@ def _min_q_per_state(critic: ContinuousCritic, obs: th.Tensor, actions: th.Tenso
     features_dim = features.shape[1]
     device = actions.device
     width = blocks[0][0][0].out_features
+    all_mish = all(isinstance(act, nn.Mish) for _, activations in blocks for act in activations)
+    if all_mish and use_compiled_chain(compile_mode, device, batch_size * n_candidates, width):
+        # acting: a few states, the whole scoring as one compiled function
+        q_values = compiled_chain(
+            [F.linear(features, linears[0].weight[:, :features_dim], linears[0].bias) for linears, _ in blocks],
+            actions,
+            [linears[0].weight[:, features_dim:] for linears, _ in blocks],
+            [[layer.weight for layer in linears[1:]] for linears, _ in blocks],
+            [[layer.bias for layer in linears[1:]] for linears, _ in blocks],
+            kernel="min_q",
+        )
+        if q_values is not None:
+            return q_values
     compiled = use_compiled(compile_mode, device, batch_size * n_candidates * width)
     chunks = chunk_states(batch_size, n_candidates, chunk_rows_for(device))
     max_rows = max(stop - start for start, stop in chunks) * n_candidates
@@ -354,7 +368,7 @@ def _min_q_per_state(critic: ContinuousCritic, obs: th.Tensor, actions: th.Tenso
     for linears, activations in blocks:
         first = linears[0]
         # Q(s, a) = ... act(W_s s + W_a a + b): the observation block once per state
-        state_parts.append(th.nn.functional.linear(features, first.weight[:, :features_dim], first.bias))
+        state_parts.append(F.linear(features, first.weight[:, :features_dim], first.bias))
         mlps.append(RowMLP(first.weight[:, features_dim:], activations, linears[1:], max_rows, compiled=compiled))
     out = th.empty((batch_size, n_candidates), device=device, dtype=actions.dtype)
     for start, stop in chunks:
