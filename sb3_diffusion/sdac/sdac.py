@@ -84,6 +84,13 @@ class SDAC(DiffusionOffPolicyAlgorithm):
     :param exploration_scale: The exploration noise std is ``exploration_scale * lambda``
     :param q_weight_scale: The score-matching weights are ``softmax(q_weight_scale * Q / lambda)``
         (5 in the official code)
+    :param q_normalization: An option, off by default (the official weighting): divide the reverse
+        samples' Q values by a running estimate of their spread (the batch mean of each state's standard
+        deviation over its reverse samples, averaged with rate ``q_normalization_rate``) before the
+        softmax, so that ``q_weight_scale / lambda`` is measured in units of that spread instead of units of
+        reward. The weights are then the same for any reward scale; on tasks whose Q values differ little
+        between actions (small rewards, long horizons) they stop being almost uniform.
+    :param q_normalization_rate: Averaging rate of the running spread (used with ``q_normalization``)
     :param actor_learning_rate: Initial learning rate of the actor's Adam optimizer
     :param actor_lr_final: Actor learning rate at the end of its linear decay
     :param actor_lr_decay_start: Actor steps before the decay starts
@@ -131,6 +138,8 @@ class SDAC(DiffusionOffPolicyAlgorithm):
         target_entropy: str | float = "auto",
         exploration_scale: float = 0.1,
         q_weight_scale: float = 5.0,
+        q_normalization: bool = False,
+        q_normalization_rate: float = 0.01,
         actor_learning_rate: float = 3e-4,
         actor_lr_final: float = 3e-5,
         actor_lr_decay_start: int = 25_000,
@@ -156,6 +165,12 @@ class SDAC(DiffusionOffPolicyAlgorithm):
         self.target_entropy = target_entropy
         self.exploration_scale = check_float("exploration_scale", exploration_scale)
         self.q_weight_scale = check_float("q_weight_scale", q_weight_scale)
+        if not isinstance(q_normalization, bool):
+            raise ValueError(f"q_normalization must be True or False, got {q_normalization!r}")
+        self.q_normalization = q_normalization
+        self.q_normalization_rate = check_float("q_normalization_rate", q_normalization_rate, maximum=1.0)
+        # running spread of the reverse samples' Q values (q_normalization); NaN until the first actor step
+        self.q_spread = float("nan")
         self.actor_learning_rate = check_float("actor_learning_rate", actor_learning_rate)
         self.actor_lr_final = check_float("actor_lr_final", actor_lr_final, strict=False)
         self.actor_lr_decay_start = check_int("actor_lr_decay_start", actor_lr_decay_start, minimum=0)
@@ -227,7 +242,7 @@ class SDAC(DiffusionOffPolicyAlgorithm):
         return self.actor_learning_rate + fraction * (self.actor_lr_final - self.actor_learning_rate)
 
     def reverse_sampling_target(
-        self, obs: th.Tensor, actions: th.Tensor, lambda_: float
+        self, obs: th.Tensor, actions: th.Tensor, lambda_: float, update_q_spread: bool = False
     ) -> tuple[th.Tensor, th.Tensor, th.Tensor, th.Tensor]:
         """
         The regression problem of one actor step (reverse-sampling score matching).
@@ -235,6 +250,8 @@ class SDAC(DiffusionOffPolicyAlgorithm):
         :param obs: States, batch of B
         :param actions: Policy actions at those states, shape (B, d)
         :param lambda_: Temperature
+        :param update_q_spread: Fold this batch into the running spread of ``q_normalization`` (training
+            does; analyses should not)
         :return: ``(a_t, t, target_noise, weights)``: noisy actions (B, d), their steps (B,), the
             weighted mean noise (B, d) and the softmax weights (B, n_reverse_samples)
         """
@@ -248,9 +265,19 @@ class SDAC(DiffusionOffPolicyAlgorithm):
         a_0 = (a_t[:, None, :] * scale_x - eps * scale_eps).clamp_(-1.0, 1.0)
         # (B, n_reverse_samples): each state's observation block of the critics computed once
         q_values = min_q(self.critic, obs, a_0, compile_mode=self.policy.compile_mode)
+        if self.q_normalization:
+            q_values = q_values / self._q_spread(q_values, update_q_spread)
         weights = th.softmax(q_values * (self.q_weight_scale / lambda_), dim=1)
         target_noise = th.einsum("bk,bkd->bd", weights, eps)
         return a_t, t, target_noise, weights
+
+    def _q_spread(self, q_values: th.Tensor, update: bool) -> float:
+        """The running spread of ``q_normalization``, first folding in ``q_values`` (B, K) if ``update``."""
+        if update or np.isnan(self.q_spread):
+            spread = float(q_values.std(dim=1).mean())
+            first = np.isnan(self.q_spread)
+            self.q_spread = spread if first else self.q_spread + self.q_normalization_rate * (spread - self.q_spread)
+        return max(self.q_spread, 1e-8)
 
     def train(self, gradient_steps: int, batch_size: int = 64) -> None:
         # Switch to train mode (this affects batch norm / dropout)
@@ -275,7 +302,7 @@ class SDAC(DiffusionOffPolicyAlgorithm):
                     next_actions, new_actions = self.policy.best_of_k(states, self.n_candidates).split(batch_size)
                     new_actions = self.policy.add_exploration_noise(new_actions, noise_std)
                     a_t, t, target_noise, weights = self.reverse_sampling_target(
-                        replay_data.observations, new_actions, lambda_
+                        replay_data.observations, new_actions, lambda_, update_q_spread=True
                     )
                     max_weights.append(weights.max(dim=1).values.mean())
                 else:
