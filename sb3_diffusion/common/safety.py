@@ -10,6 +10,8 @@ Non-finite data and failing environments: errors that say what happened, where, 
   which names the environment and the step (SB3 itself raises a bare ``EOFError``).
 """
 
+import math
+import re
 import time
 import types
 from collections.abc import Sequence
@@ -58,15 +60,17 @@ def base_vec_env(env: VecEnv) -> VecEnv:
 
 
 def env_ids(env: VecEnv) -> list[str | None]:
-    """The registered id of each environment of ``env`` (None where unknown), asked once."""
+    """The registered id of each environment of ``env`` (None where unknown), asked once per ``learn``."""
     base = base_vec_env(env)
     try:
         if isinstance(base, DummyVecEnv):
-            specs = [sub_env.spec for sub_env in base.envs]
-        else:
-            specs = base.get_attr("spec")
-        return [getattr(spec, "id", None) for spec in specs]
-    except Exception:  # an environment without a picklable spec: no ids, not an error
+            return [getattr(sub_env.spec, "id", None) for sub_env in base.envs]
+        # Another process: ask for str(env), always picklable ("<Monitor<TimeLimit<...<PendulumEnv<Pendulum-v1>>>>>"),
+        # not for the spec, whose pickling could fail and kill the worker
+        names = base.env_method("__str__")
+        found = [re.search(r"<([^<>]+)>+$", name) if isinstance(name, str) else None for name in names]
+        return [match.group(1) if match else None for match in found]
+    except Exception:  # a VecEnv without env_method: no ids, not an error
         return [None] * env.num_envs
 
 
@@ -187,7 +191,7 @@ def check_buffer(buffer: Any, source: str) -> None:
 
 def check_loss(name: str, loss: th.Tensor, n_updates: int, step: int) -> None:
     """Raise :class:`NonFiniteError` if the scalar ``loss`` is NaN or infinite (one device sync)."""
-    if bool(th.isfinite(loss).all()):
+    if math.isfinite(loss.item() if loss.numel() == 1 else loss.detach().sum().item()):
         return
     raise NonFiniteError(
         f"Non-finite {name} ({loss.detach().float().cpu().numpy().tolist()}) in gradient update {n_updates} "
@@ -209,7 +213,7 @@ def install_gradient_check(optimizer: th.optim.Optimizer, name: str, algorithm: 
             return
         # The sum of each gradient: NaN or infinite as soon as one entry is (or if they overflow, which
         # Adam's squared gradients would do too)
-        if bool(th.isfinite(th.stack([grad.sum() for grad in grads]).sum())):
+        if math.isfinite(th.stack([grad.sum() for grad in grads]).sum().item()):
             return
         bad = sum(int((~th.isfinite(grad)).sum()) for grad in grads)
         what = f"{bad} non-finite entries" if bad else "finite entries so large that their sum overflows"
