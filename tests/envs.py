@@ -36,12 +36,20 @@ class FaultAt(gym.Wrapper):
     """
     Pendulum-like environment that goes wrong at its ``at``-th step: ``fault`` is one of ``"nan_reward"``,
     ``"inf_reward"``, ``"nan_observation"``, ``"nan_terminal_observation"`` (the episode is truncated with
-    a NaN last observation, which the VecEnv hands over as ``terminal_observation``) or ``"raise"``.
+    a NaN last observation, which the VecEnv hands over as ``terminal_observation``) or ``"raise"``;
+    ``"nan_reset"``: its first ``reset`` returns a NaN observation.
     """
 
     def __init__(self, env: gym.Env, at: int, fault: str):
         super().__init__(env)
         self.at, self.fault, self.steps = at, fault, 0
+
+    def reset(self, **kwargs):
+        observation, info = self.env.reset(**kwargs)
+        if self.fault == "nan_reset" and self.steps == 0:
+            observation = observation.copy()
+            observation[1] = np.nan
+        return observation, info
 
     def step(self, action):
         observation, reward, terminated, truncated, info = self.env.step(action)

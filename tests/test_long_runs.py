@@ -254,6 +254,7 @@ def faulty_env(fault: str, at: int = 60) -> DummyVecEnv:
         ("inf_reward", "reward (inf)"),
         ("nan_observation", "observation entry [1] (nan)"),
         ("nan_terminal_observation", "terminal observation (infos[1]['terminal_observation']) entry [1] (nan)"),
+        ("nan_reset", "observation returned by reset() or by the previous step entry [1] (nan)"),
     ],
 )
 def test_non_finite_transition_is_caught(algo, fault, what, tmp_path):
@@ -262,8 +263,9 @@ def test_non_finite_transition_is_caught(algo, fault, what, tmp_path):
     with pytest.raises(NonFiniteError) as error:
         model.learn(400)
     message = str(error.value)
-    assert f"Non-finite {what} from environment 1 of 2 (Pendulum-v1) at step 120" in message, message
-    assert f"{model._n_updates} gradient updates done" in message and model._n_updates > 0
+    step = 2 if fault == "nan_reset" else 120  # the first transition, or environment 1's 60th step
+    assert f"Non-finite {what} from environment 1 of 2 (Pendulum-v1) at step {step}" in message, message
+    assert f"{model._n_updates} gradient updates done" in message and (model._n_updates > 0 or step == 2)
     assert "VecCheckNan" in message
     # Nothing non-finite reached the buffer or a parameter; the model saves and loads
     buffer = model.replay_buffer

@@ -68,8 +68,15 @@ class DiffusionOffPolicyAlgorithm(OffPolicyAlgorithm):
     _rollout_steps: int = 0  # vector steps stored in the current rollout
     _owed_gradient_steps: int = 0  # saved: gradient steps due after the step at which a checkpoint was written
     _env_ids: list[str | None] | None = None
+    _reset_observations_unchecked: bool = True
     # Not saved: what exists only while one process runs
-    _runtime_attributes: ClassVar[tuple[str, ...]] = ("_step_in_progress", "_rollout_steps", "_env_ids", "_resume_to_total")
+    _runtime_attributes: ClassVar[tuple[str, ...]] = (
+        "_step_in_progress",
+        "_rollout_steps",
+        "_env_ids",
+        "_reset_observations_unchecked",
+        "_resume_to_total",
+    )
 
     @staticmethod
     def _check_common_args(batch_size: int, tau: float, gamma: float, buffer_size: int, learning_starts: int) -> None:
@@ -247,6 +254,7 @@ class DiffusionOffPolicyAlgorithm(OffPolicyAlgorithm):
         )
         assert self.env is not None
         self._env_ids = safety.env_ids(self.env)
+        self._reset_observations_unchecked = True
         self._install_gradient_checks()
         buffer = self.replay_buffer
         if owed > 0 and not reset_num_timesteps and buffer is not None and (buffer.full or buffer.pos > 0):
@@ -291,7 +299,10 @@ class DiffusionOffPolicyAlgorithm(OffPolicyAlgorithm):
             rewards = self._vec_normalize_env.get_original_reward()
         else:
             last_obs, next_obs, rewards = self._last_obs, new_obs, reward
-        safety.check_transition(last_obs, next_obs, rewards, dones, infos, self.num_timesteps, self._n_updates, self._env_ids)
+        # The observations the actions were chosen at were checked as the next observations of the step
+        # before (auto-reset ones included), except the first ones, from the reset in _setup_learn
+        previous, self._reset_observations_unchecked = (last_obs if self._reset_observations_unchecked else None), False
+        safety.check_transition(previous, next_obs, rewards, dones, infos, self.num_timesteps, self._n_updates, self._env_ids)
         super()._store_transition(replay_buffer, buffer_action, new_obs, reward, dones, infos)
         self._step_in_progress = False
         self._rollout_steps += 1

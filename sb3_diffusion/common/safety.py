@@ -124,6 +124,7 @@ def check_transition(
     observations of one vector step are all finite. Costs a few microseconds when they are.
 
     :param previous_observations: Observations the actions were chosen at, (n_envs, ...) or a dict of them
+        (None: already checked)
     :param observations: Next observations, same shape (unnormalized, as the buffer stores them)
     :param rewards: Rewards, (n_envs,) (unnormalized)
     :param dones: Episode ends, (n_envs,)
@@ -136,13 +137,16 @@ def check_transition(
     if (
         all_finite(rewards)
         and all_finite(observations)
-        and all_finite(previous_observations)
+        and (previous_observations is None or all_finite(previous_observations))
         and all(value is None or all_finite(value) for value in terminal)
     ):
         return
     n_envs = len(rewards)
     candidates = [
-        ("observation returned by reset() or by the previous step", previous_observations),
+        (
+            "observation returned by reset() or by the previous step",
+            {} if previous_observations is None else previous_observations,
+        ),
         ("reward", np.asarray(rewards).reshape(n_envs, -1)),
         ("observation", observations),
     ]
