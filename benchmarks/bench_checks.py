@@ -10,8 +10,8 @@ config (updates about a hundred times cheaper, where a fixed cost would show mos
 - how many of each one update does (counted during real updates), so the checks' cost per update and
   its fraction of the update time;
 - the update time with the checks and without them (the loss check and the hooks switched off),
-  interleaved blocks of updates, median milliseconds: on a shared machine the difference is within the
-  noise, which is the point.
+  interleaved blocks of updates, median process CPU milliseconds, with the spread of the blocks: the
+  difference is expected to stay inside that spread.
 
 Usage::
 
@@ -129,22 +129,27 @@ def measure(label: str, model: Any, repeats: int, block: int, n_envs: int) -> di
     gradient_mean_us = statistics.mean(gradient_us)
     obs_shape = model.observation_space.shape
     rng = np.random.default_rng(1)
-    obs = rng.standard_normal((n_envs, *obs_shape)).astype(np.float32)
     next_obs = rng.standard_normal((n_envs, *obs_shape)).astype(np.float32)
     rewards, dones = rng.standard_normal(n_envs).astype(np.float32), np.zeros(n_envs, dtype=bool)
     infos = [{} for _ in range(n_envs)]
-    transition_us = per_call_us(lambda: safety.check_transition(obs, next_obs, rewards, dones, infos, 1, 1, None), 20_000)
+    # After the first step of a learn() call the observations an action was chosen at are not checked again
+    transition_us = per_call_us(lambda: safety.check_transition(None, next_obs, rewards, dones, infos, 1, 1, None), 20_000)
 
-    # Update time, checks on and off, interleaved blocks
+    # Update time (process CPU time: steadier than wall time on a shared machine), checks on and off,
+    # interleaved blocks in alternating order; the spread is the half interquartile range of the blocks
     times: dict[bool, list[float]] = {True: [], False: []}
-    for _ in range(repeats):
-        for on in (True, False):
+    for repeat in range(repeats):
+        for on in (True, False) if repeat % 2 == 0 else (False, True):
             switch.set(on)
-            start = time.perf_counter()
+            start = time.process_time()
             model.train(gradient_steps=block, batch_size=model.batch_size)
-            times[on].append((time.perf_counter() - start) / block)
+            times[on].append((time.process_time() - start) / block)
     switch.set(True)
     on_ms, off_ms = (1e3 * statistics.median(times[on]) for on in (True, False))
+    quartiles = statistics.quantiles(times[False], n=4) if repeats >= 2 else [0.0, 0.0, 0.0]
+    spread = 0.5 * (quartiles[2] - quartiles[0]) / statistics.median(times[False])
+    # Adjacent blocks paired: their ratio cancels the slow drifts of a shared machine's load
+    paired = statistics.median(on / off for on, off in zip(times[True], times[False], strict=True)) - 1.0
     checks_us = losses * loss_us + gradients * gradient_mean_us
     return dict(
         label=label,
@@ -159,6 +164,8 @@ def measure(label: str, model: Any, repeats: int, block: int, n_envs: int) -> di
         on_ms=on_ms,
         off_ms=off_ms,
         fraction=checks_us / (1e3 * off_ms),
+        spread=spread,
+        paired=paired,
     )
 
 
@@ -186,7 +193,8 @@ def main() -> None:
     print(f"load after: {os.getloadavg()}")
     header = (
         "| config | parameters | loss check (us) | gradient check (us / optimizer step) | checks per update (loss, grad) "
-        "| checks (us / update) | update, checks on (ms) | update, checks off (ms) | checks / update time "
+        "| checks (us / update) | update, checks on (CPU ms) | checks off (CPU ms) +- half IQR "
+        "| on / off - 1, paired blocks (median) | checks / update time "
         "| transition check (us / env step, n_envs) |"
     )
     print(header)
@@ -195,7 +203,9 @@ def main() -> None:
         print(
             f"| {row['label']} | {row['parameters']:,} | {row['loss_us']:.1f} | {row['gradient_us']:.1f} "
             f"| {row['losses']:.2f}, {row['gradients']:.2f} | {row['checks_us']:.0f} | {row['on_ms']:.1f} "
-            f"| {row['off_ms']:.1f} | {100 * row['fraction']:.3f}% | {row['transition_us']:.1f} ({row['n_envs']}) |"
+            f"| {row['off_ms']:.1f} +- {100 * row['spread']:.1f}% | {100 * row['paired']:+.1f}% "
+            f"| {100 * row['fraction']:.3f}% "
+            f"| {row['transition_us']:.1f} ({row['n_envs']}) |"
         )
 
 
