@@ -30,3 +30,50 @@ class MultiPeakBandit(gym.Env):
 
     def step(self, action):
         return np.zeros(1, dtype=np.float32), self.reward(action), True, False, {}
+
+
+class FaultAt(gym.Wrapper):
+    """
+    Pendulum-like environment that goes wrong at its ``at``-th step: ``fault`` is one of ``"nan_reward"``,
+    ``"inf_reward"``, ``"nan_observation"``, ``"nan_terminal_observation"`` (the episode is truncated with
+    a NaN last observation, which the VecEnv hands over as ``terminal_observation``) or ``"raise"``;
+    ``"nan_reset"``: its first ``reset`` returns a NaN observation.
+    """
+
+    def __init__(self, env: gym.Env, at: int, fault: str):
+        super().__init__(env)
+        self.at, self.fault, self.steps = at, fault, 0
+
+    def reset(self, **kwargs):
+        observation, info = self.env.reset(**kwargs)
+        if self.fault == "nan_reset" and self.steps == 0:
+            observation = observation.copy()
+            observation[1] = np.nan
+        return observation, info
+
+    def step(self, action):
+        observation, reward, terminated, truncated, info = self.env.step(action)
+        self.steps += 1
+        if self.steps == self.at:
+            if self.fault == "raise":
+                raise RuntimeError(f"the environment failed at its step {self.at}")
+            if self.fault == "nan_reward":
+                reward = float("nan")
+            elif self.fault == "inf_reward":
+                reward = float("inf")
+            else:
+                observation = observation.copy()
+                observation[1] = np.nan
+                truncated = truncated or self.fault == "nan_terminal_observation"
+        return observation, reward, terminated, truncated, info
+
+
+class ScaleReward(gym.RewardWrapper):
+    """Multiplies the rewards by ``scale`` (finite, but large enough to overflow a squared TD error)."""
+
+    def __init__(self, env: gym.Env, scale: float):
+        super().__init__(env)
+        self.scale = scale
+
+    def reward(self, reward):
+        return reward * self.scale

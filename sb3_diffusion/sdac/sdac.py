@@ -315,6 +315,7 @@ class SDAC(DiffusionOffPolicyAlgorithm):
             critic_loss = sum(F.mse_loss(current_q, target_q_values) for current_q in current_q_values)
             assert isinstance(critic_loss, th.Tensor)
             critic_losses.append(critic_loss.detach())
+            self._check_finite_loss("critic loss", critic_loss)
             self.critic.optimizer.zero_grad()
             critic_loss.backward()
             self.critic.optimizer.step()
@@ -325,6 +326,7 @@ class SDAC(DiffusionOffPolicyAlgorithm):
                 # mean over (states, samples, dims) of w_k (eps_theta - eps_k)^2, up to a constant
                 actor_loss = F.mse_loss(predicted_noise, target_noise) / self.n_reverse_samples
                 actor_losses.append(actor_loss.detach())
+                self._check_finite_loss("actor loss", actor_loss)
                 self.actor.optimizer.zero_grad()
                 actor_loss.backward()
                 self.actor.optimizer.step()
