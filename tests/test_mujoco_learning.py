@@ -1,0 +1,45 @@
+"""
+Slow learning checks on MuJoCo with the shipped RL Zoo configurations (docs/learning.md).
+
+Run with ``python -m pytest -m slow -s -k mujoco``.
+"""
+
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from stable_baselines3.common.callbacks import EvalCallback
+from stable_baselines3.common.env_util import make_vec_env
+
+from sb3_diffusion import QVPO
+
+HYPERPARAMS = Path(__file__).resolve().parents[1] / "hyperparams"
+
+
+def shipped_config(algo: str, env_id: str) -> tuple[dict, int]:
+    """Constructor arguments and step budget of the shipped zoo entry of ``algo`` for ``env_id``."""
+    with open(HYPERPARAMS / f"{algo}.yml") as file:
+        config = dict(yaml.safe_load(file)[env_id])
+    n_timesteps = int(config.pop("n_timesteps"))
+    config.pop("policy")
+    assert int(config.pop("n_envs", 1)) == 1, "these checks run one environment"
+    return config, n_timesteps
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("cls", "algo"), [(QVPO, "qvpo")], ids=["QVPO"])
+def test_inverted_pendulum_balances(cls, algo, tmp_path):
+    # SDAC does not learn this task at small budgets yet (docs/learning.md): only QVPO is checked here
+    config, n_timesteps = shipped_config(algo, "InvertedPendulum-v5")
+    assert n_timesteps <= 20_000
+    start = time.perf_counter()
+    eval_env = make_vec_env("InvertedPendulum-v5", n_envs=1, seed=1000)
+    callback = EvalCallback(eval_env, n_eval_episodes=5, eval_freq=2000, deterministic=True, log_path=str(tmp_path), verbose=0)
+    model = cls("MlpPolicy", make_vec_env("InvertedPendulum-v5", n_envs=1, seed=0), seed=0, **config)
+    model.learn(n_timesteps, callback=callback)
+    evaluations = np.load(tmp_path / "evaluations.npz")["results"].mean(axis=1)
+    print(f"{cls.__name__} InvertedPendulum-v5 seed 0: {np.round(evaluations).tolist()} in {time.perf_counter() - start:.0f} s")
+    # balanced for 1000 steps in all 5 evaluation episodes at some evaluation within the budget
+    assert evaluations.max() >= 1000, evaluations
