@@ -14,8 +14,9 @@ class QVPOPolicy(DiffusionActorPolicy):
     """
     Policy class for QVPO, with the defaults of the official code: noise network and critics of
     3 x 256 Mish, cosine schedule (T = 20) with chains started at std 1, 32-dim sinusoidal time
-    embedding (frequencies ``10000^(-j/15)``) with a 32-256-32 time MLP, QVPO's normal initialisation
-    of the noise network and PyTorch's default for the critics, acting with the online actor
+    embedding (frequencies ``10000^(-j/15)``) with a 32-256-32 time MLP, QVPO's ``init_weights`` for the
+    noise network and the critics alike (weights N(0, (1 / (2 sqrt(fan_in)))^2), zero biases; the
+    official critic applies it too), acting with the online actor
     (best-of-4, no added noise), deterministic actions best-of-32, Adam with ``eps=1e-5``.
 
     See :class:`~sb3_diffusion.common.policies.DiffusionActorPolicy` for the parameters. Only the
@@ -38,7 +39,7 @@ class QVPOPolicy(DiffusionActorPolicy):
         time_embed_shift: int = 1,
         time_embed_scale: float = 1.0,
         init: str = "qvpo",
-        critic_init: str = "torch",
+        critic_init: str = "qvpo",
         n_behavior_candidates: int = 4,
         n_eval_candidates: int = 32,
         behavior_actor: str = "online",
