@@ -10,7 +10,7 @@ from stable_baselines3.common.type_aliases import GymEnv, MaybeCallback, Schedul
 from torch.nn import functional as F
 
 from sb3_diffusion.common.off_policy import DiffusionOffPolicyAlgorithm
-from sb3_diffusion.common.policies import min_q
+from sb3_diffusion.common.networks import min_q
 from sb3_diffusion.common.utils import check_float, check_int
 from sb3_diffusion.sdac.policies import MlpPolicy, SDACPolicy
 
@@ -243,11 +243,9 @@ class SDAC(DiffusionOffPolicyAlgorithm):
         t = th.randint(schedule.n_steps, (batch_size,), device=self.device)
         a_t = schedule.q_sample(actions, t, th.randn_like(actions))
         eps = th.randn(batch_size, self.n_reverse_samples, action_dim, device=self.device)
-        scale_x = schedule.sqrt_recip_alphas_cumprod[t, None, None]
-        scale_eps = schedule.sqrt_recipm1_alphas_cumprod[t, None, None]
-        a_0 = (a_t[:, None, :] * scale_x - eps * scale_eps).clamp_(-1.0, 1.0)
+        a_0 = schedule.predict_x0(a_t[:, None, :], t, eps).clamp_(-1.0, 1.0)
         # (B, n_reverse_samples): each state's observation block of the critics computed once
-        q_values = min_q(self.critic, obs, a_0, compile_mode=self.policy.compile_mode)
+        q_values = self.policy.min_q(obs, a_0, critic=self.critic)
         weights = th.softmax(q_values * (self.q_weight_scale / lambda_), dim=1)
         target_noise = th.einsum("bk,bkd->bd", weights, eps)
         return a_t, t, target_noise, weights
