@@ -7,7 +7,11 @@ and acts best-of-K; its sampling and its scoring of candidates go through the po
 :class:`~sb3_diffusion.common.hot_path.HotPath`, which gives the plain computation's numbers faster.
 """
 
-from typing import Any
+import copy
+import functools
+import inspect
+from collections.abc import Callable
+from typing import Any, ClassVar
 
 import numpy as np
 import torch as th
@@ -27,7 +31,7 @@ from sb3_diffusion.common.diffusion import (
     respaced_timesteps,
 )
 from sb3_diffusion.common.hot_path import COMPILE_MODES, HotPath
-from sb3_diffusion.common.networks import INITIALIZATIONS, Mish, NoisePredictionNet, init_mlp_
+from sb3_diffusion.common.networks import INITIALIZATIONS, NoisePredictionNet, init_mlp_
 from sb3_diffusion.common.utils import check_action_space, check_choice, check_float, check_int, observation_seed
 
 
@@ -66,16 +70,17 @@ class DiffusionActor(BasePolicy):
         net_arch: list[int],
         features_extractor: nn.Module,
         features_dim: int,
-        activation_fn: type[nn.Module] = Mish,
-        diffusion_steps: int = 20,
-        beta_schedule: str = "linear",
+        *,
+        activation_fn: type[nn.Module],
+        diffusion_steps: int,
+        beta_schedule: str,
+        init_noise_scale: float,
+        time_embed_dim: int,
+        time_hidden_dim: int,
+        time_embed_shift: int,
+        time_embed_scale: float,
+        init: str,
         beta_schedule_kwargs: dict[str, float] | None = None,
-        init_noise_scale: float = 0.5,
-        time_embed_dim: int = 16,
-        time_hidden_dim: int = 32,
-        time_embed_shift: int = 0,
-        time_embed_scale: float = 0.25,
-        init: str = "haiku",
         normalize_images: bool = True,
         sampling_steps: int | None = None,
         sampler: str = "ddpm",
@@ -200,6 +205,8 @@ class DiffusionActor(BasePolicy):
 class DiffusionActorPolicy(BasePolicy):
     """
     Policy class (diffusion actor, EMA actor, twin critics and their targets) shared by QVPO and SDAC.
+    It has no algorithm's defaults: the modelling choices are required arguments, and each algorithm's
+    policy (``SDACPolicy``, ``QVPOPolicy``) gives them as defaults in its :attr:`defaults`.
 
     Acting is best-of-K: K reverse chains per state, scored by the minimum of the online critics, the
     argmax kept. ``predict(obs, deterministic=True)`` uses ``n_eval_candidates`` chains and no
@@ -244,32 +251,42 @@ class DiffusionActorPolicy(BasePolicy):
     :param sampler: ``"ddpm"`` (default) or ``"ddim"`` (deterministic DDIM, eta = 0, an option)
     """
 
+    #: The algorithm's defaults for the arguments of ``__init__`` (a subclass declares them; passing
+    #: None for one of them also gives its default)
+    defaults: ClassVar[dict[str, Any]] = {}
+
     actor: DiffusionActor
     actor_target: DiffusionActor
     critic: ContinuousCritic
     critic_target: ContinuousCritic
     exploration_std: th.Tensor
 
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "defaults" in cls.__dict__ and "__init__" not in cls.__dict__:
+            cls.__init__ = _with_defaults(cls.__init__, cls.defaults)  # type: ignore[method-assign]
+
     def __init__(
         self,
         observation_space: spaces.Space,
         action_space: spaces.Box,
         lr_schedule: Schedule,
-        net_arch: list[int] | dict[str, list[int]] | None = None,
-        activation_fn: type[nn.Module] = Mish,
-        diffusion_steps: int = 20,
-        beta_schedule: str = "linear",
+        *,
+        net_arch: list[int] | dict[str, list[int]],
+        activation_fn: type[nn.Module],
+        diffusion_steps: int,
+        beta_schedule: str,
+        init_noise_scale: float,
+        time_embed_dim: int,
+        time_hidden_dim: int,
+        time_embed_shift: int,
+        time_embed_scale: float,
+        init: str,
+        critic_init: str,
+        n_behavior_candidates: int,
+        n_eval_candidates: int,
+        behavior_actor: str,
         beta_schedule_kwargs: dict[str, float] | None = None,
-        init_noise_scale: float = 0.5,
-        time_embed_dim: int = 16,
-        time_hidden_dim: int = 32,
-        time_embed_shift: int = 0,
-        time_embed_scale: float = 0.25,
-        init: str = "haiku",
-        critic_init: str = "haiku",
-        n_behavior_candidates: int = 32,
-        n_eval_candidates: int = 32,
-        behavior_actor: str = "ema",
         exploration_std: float = 0.0,
         features_extractor_class: type[BaseFeaturesExtractor] = FlattenExtractor,
         features_extractor_kwargs: dict[str, Any] | None = None,
@@ -297,8 +314,6 @@ class DiffusionActorPolicy(BasePolicy):
             normalize_images=normalize_images,
             squash_output=True,
         )
-        if net_arch is None:
-            net_arch = [256, 256, 256]
         actor_arch, critic_arch = get_actor_critic_arch(net_arch)
         self.net_arch = net_arch
         self.activation_fn = activation_fn
@@ -513,3 +528,26 @@ class DiffusionActorPolicy(BasePolicy):
         self.critic.set_training_mode(mode)
         self.training = mode
 
+
+def _with_defaults(init: Callable[..., None], defaults: dict[str, Any]) -> Callable[..., None]:
+    """
+    ``init`` with the defaults of some of its arguments replaced by ``defaults`` (copied at each call;
+    an argument passed as None also gets its default), and a signature that shows them.
+    """
+    signature = inspect.signature(init)
+    unknown = set(defaults) - set(signature.parameters)
+    if unknown:
+        raise TypeError(f"defaults name arguments that the policy does not take: {sorted(unknown)}")
+    parameters = [p.replace(default=defaults[p.name]) if p.name in defaults else p for p in signature.parameters.values()]
+    signature = signature.replace(parameters=parameters)
+
+    @functools.wraps(init)
+    def __init__(*args: Any, **kwargs: Any) -> None:
+        bound = signature.bind(*args, **kwargs)
+        for name, value in defaults.items():
+            if bound.arguments.get(name) is None:
+                bound.arguments[name] = copy.deepcopy(value)
+        init(*bound.args, **bound.kwargs)
+
+    __init__.__signature__ = signature  # type: ignore[attr-defined]
+    return __init__
