@@ -388,8 +388,8 @@ def measure_algo(algo: str, env_id: str, args: argparse.Namespace, probes: Probe
 
 
 def next_kind(model: Any, delay: int) -> str:
-    """Kind of the next update: "actor" when it includes the (delayed) actor step."""
-    return "actor" if (model._n_updates + 1) % delay == 0 else "critic"
+    """Kind of the next update: "actor" when it includes the (delayed) actor step (updates 0, delay, 2 delay, ...)."""
+    return "actor" if model._n_updates % delay == 0 else "critic"
 
 
 def worker(args: argparse.Namespace) -> None:
