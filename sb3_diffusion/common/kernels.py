@@ -176,23 +176,12 @@ def _recompile_limit(limit: int) -> Iterator[None]:
         config.recompile_limit = previous
 
 
-def _signature(args: Sequence[object]) -> tuple:
-    """The shapes of the tensor arguments (of a list: its first element's, and its length): cheap, and
-    enough to tell the compiled variants of one network apart."""
-    return tuple(
-        arg.shape if isinstance(arg, th.Tensor) else (*_signature(arg[:1]), len(arg)) if isinstance(arg, list) else arg
-        for arg in args
-    )
-
-
 class _CompiledKernels:
     """The ``torch.compile``'d functions, built on first use; after a failure none is used again."""
 
     def __init__(self) -> None:
         self.functions: dict[str, Callable[..., object]] = {}
         self.broken = False
-        # (name, argument shapes) of the fixed-shape calls made so far: only a new one can compile
-        self.seen: set[tuple] = set()
 
     def _build(self) -> None:
         # dynamic shapes: one compilation serves every batch and chunk size; dynamic_threads: the
@@ -212,13 +201,9 @@ class _CompiledKernels:
         if not self.functions:
             self._build()
         try:
-            if name in FIXED_SHAPE_FUNCTIONS:
-                key = (name, _signature(args))
-                if key not in self.seen:  # may compile a new variant: dynamo's limit raised meanwhile
-                    with _recompile_limit(RECOMPILE_LIMIT):
-                        result = self.functions[name](*args)
-                    self.seen.add(key)
-                    return result
+            if name in FIXED_SHAPE_FUNCTIONS:  # any call may compile a new variant
+                with _recompile_limit(RECOMPILE_LIMIT):
+                    return self.functions[name](*args)
             return self.functions[name](*args)
         except Exception as error:  # pragma: no cover - depends on the platform's compiler
             self.broken = True
