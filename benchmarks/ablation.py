@@ -40,13 +40,13 @@ def worker(stage: str, env_id: str, repeats: int) -> dict[str, float]:
     from sb3_diffusion import SDAC
 
     if stage != "baseline":
-        from sb3_diffusion.common import kernels, policies
+        from sb3_diffusion.common import hot_path, kernels
 
         os.environ["SB3_DIFFUSION_COMPILE"] = "on" if stage in ("compiled", "onednn") else "off"
         if stage != "onednn":
             kernels.ONEDNN.available = False
         if stage == "eager":
-            policies._critic_blocks = lambda critic: None  # type: ignore[assignment]  # the plain scoring
+            hot_path._critic_blocks = lambda critic: None  # type: ignore[assignment]  # the plain scoring
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     from bench_updates import fill_buffer
 

@@ -111,18 +111,18 @@ class Probes:
         from torch.nn import functional as F
 
         from sb3_diffusion.common import kernels
+        from sb3_diffusion.common.networks import mish
 
         x = self.a.clone()
         bias = th.zeros(x.shape[1], device=self.device)
-        tmp1, tmp2 = th.empty_like(x), th.empty_like(x)
+        scratch = (th.empty_like(x), th.empty_like(x))
         candidates: dict[str, Callable[[], Any]] = {
             "torch F.mish": lambda: F.mish(x),
-            "one-exp in place (eager)": lambda: kernels.mish_(x.copy_(self.a), tmp1, tmp2),
+            "one-exp in place (eager)": lambda: mish(x.copy_(self.a), out=x, scratch=scratch),
         }
-        if self.device.type == "cpu" and kernels.resolve_compile_mode("auto") != "off":
-            compiled = kernels._COMPILED.get()
-            if compiled is not None:
-                candidates["one-exp fused bias+Mish (compiled)"] = lambda: compiled.bias_mish(x.copy_(self.a), bias)  # type: ignore[misc]
+        compiling = kernels.resolve_compile_mode("auto") != "off" and kernels.compiled_kernels_available()
+        if self.device.type == "cpu" and compiling:
+            candidates["one-exp fused bias+Mish (compiled)"] = lambda: kernels.COMPILED("bias_mish", x.copy_(self.a), bias)
         copy_time = statistics.median(_timed(lambda: x.copy_(self.a), self.device)[0] for _ in range(repeats))
         rates = {}
         with th.inference_mode():
@@ -288,23 +288,13 @@ def make_model(algo: str, env_id: str, device: str) -> Any:
 
         model = SDAC("MlpPolicy", env, **common)
     elif algo == "qvpo":
-        from sb3_diffusion import QVPO  # type: ignore[attr-defined]
+        from sb3_diffusion import QVPO
 
         model = QVPO("MlpPolicy", env, **common)
     else:
         raise ValueError(f"Unknown algorithm {algo!r}")
     model.set_logger(configure(folder=None, format_strings=[]))
     return model
-
-
-def algo_available(algo: str) -> bool:
-    if algo != "qvpo":
-        return True
-    try:
-        from sb3_diffusion import QVPO  # type: ignore[attr-defined]  # noqa: F401
-    except ImportError:
-        return False
-    return True
 
 
 def time_actions(model: Any, env_id: str, repeats: int, device: Any) -> dict[str, float]:
@@ -398,8 +388,8 @@ def measure_algo(algo: str, env_id: str, args: argparse.Namespace, probes: Probe
 
 
 def next_kind(model: Any, delay: int) -> str:
-    """Kind of the next update: "actor" when it includes the (delayed) actor step."""
-    return "actor" if (model._n_updates + 1) % delay == 0 else "critic"
+    """Kind of the next update: "actor" when it includes the (delayed) actor step (updates 0, delay, 2 delay, ...)."""
+    return "actor" if model._n_updates % delay == 0 else "critic"
 
 
 def worker(args: argparse.Namespace) -> None:
@@ -413,9 +403,6 @@ def worker(args: argparse.Namespace) -> None:
     results = []
     for env_id in args.envs:
         for algo in args.algos:
-            if not algo_available(algo):
-                print(f"  [{args.threads} thread(s)] {algo}: not importable, skipped", file=sys.stderr)
-                continue
             start = time.perf_counter()
             results.append(measure_algo(algo, env_id, args, probes))
             print(f"  [{args.threads} thread(s)] {env_id} {algo}: {time.perf_counter() - start:.0f} s", file=sys.stderr)

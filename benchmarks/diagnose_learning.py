@@ -28,7 +28,6 @@ from stable_baselines3.common.evaluation import evaluate_policy
 from stable_baselines3.common.env_util import make_vec_env
 
 from sb3_diffusion import QVPO, SDAC
-from sb3_diffusion.common.policies import min_q
 
 ALGOS = {"sdac": SDAC, "qvpo": QVPO, "sac": SAC, "td3": TD3}
 
@@ -44,7 +43,7 @@ def zoo_hyperparams(algo: str, env_id: str) -> dict[str, Any]:
     for key in ("n_timesteps", "policy", "normalize", "env_wrapper", "callback", "frame_stack"):
         config.pop(key, None)
     if isinstance(config.get("policy_kwargs"), str):
-        config["policy_kwargs"] = eval(config["policy_kwargs"])  # noqa: S307 - trusted shipped file
+        config["policy_kwargs"] = eval(config["policy_kwargs"])
     return config
 
 
@@ -102,26 +101,26 @@ class Diagnostics(BaseCallback):
         if isinstance(model, (SDAC, QVPO)):
             policy = model.policy
             k = 32
-            candidates = policy.acting_actor.sample(obs, k)
-            q_cand = min_q(critic, obs, candidates)
+            candidates = policy.sample(obs, k, actor=policy.acting_actor)
+            q_cand = policy.min_q(obs, candidates)
             out["cand_action_std"] = float(candidates.std(dim=1).mean())
             out["cand_action_mean_abs"] = float(candidates.abs().mean())
             out["cand_edge"] = float((candidates.abs() > 0.95).float().mean())
             out["cand_q_best_minus_mean"] = float((q_cand.max(dim=1).values - q_cand.mean(dim=1)).mean())
             out["cand_q_std"] = float(q_cand.std(dim=1).mean())
             uniform = th.rand_like(candidates) * 2 - 1
-            q_uni = min_q(critic, obs, uniform)
+            q_uni = policy.min_q(obs, uniform)
             out["uniform_q_best_minus_mean"] = float((q_uni.max(dim=1).values - q_uni.mean(dim=1)).mean())
             out["cand_q_mean_minus_uniform_q_mean"] = float((q_cand.mean(dim=1) - q_uni.mean(dim=1)).mean())
             if isinstance(model, SDAC):
                 new_actions = policy.best_of_k(obs, model.n_candidates)
-                _, _, _, weights = model.reverse_sampling_target(obs, new_actions, model.lambda_)
+                weights = model.reverse_sampling_target(obs, new_actions, model.lambda_).weights
                 out["weight_ess"] = float(effective_sample_size(weights).mean())
                 out["weight_max"] = float(weights.max(dim=1).values.mean())
                 out["lambda"] = model.lambda_
             else:
                 entropy_weight = model.entropy_weight_at(model._current_progress_remaining)
-                samples = model.actor.sample(obs, model.n_policy_samples)
+                samples = policy.sample(obs, model.n_policy_samples)
                 _, _, _, weights = model.actor_regression_rows(obs, samples, entropy_weight)
                 out["weight_mean"] = float(weights.mean())
                 out["weight_zero_frac"] = float((weights == 0).float().mean())
@@ -135,7 +134,12 @@ class Diagnostics(BaseCallback):
                 final_obs.append(np.asarray(locals_["infos"][0].get("terminal_observation", locals_["observations"][0])))
 
         returns, _ = evaluate_policy(
-            self.model, self.eval_env, self.n_eval_episodes, deterministic=True, return_episode_rewards=True, callback=remember_final
+            self.model,
+            self.eval_env,
+            self.n_eval_episodes,
+            deterministic=True,
+            return_episode_rewards=True,
+            callback=remember_final,
         )
         row: dict[str, float] = {
             "timesteps": self.num_timesteps,
@@ -157,7 +161,9 @@ class Diagnostics(BaseCallback):
         row.update(self.diagnose())
         self.rows.append(row)
         self.model.save(self.path.with_suffix(".zip"))  # the latest model, for analyses after the run
-        keys = sorted({key for r in self.rows for key in r}, key=lambda k: (k not in self.rows[0], list(row).index(k) if k in row else 0))
+        keys = sorted(
+            {key for r in self.rows for key in r}, key=lambda k: (k not in self.rows[0], list(row).index(k) if k in row else 0)
+        )
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.path, "w", newline="") as file:
             writer = csv.DictWriter(file, fieldnames=keys)
@@ -165,7 +171,23 @@ class Diagnostics(BaseCallback):
             writer.writerows(self.rows)
         print(
             f"[{self.path.stem}] {self.num_timesteps:>7} eval {row['eval_mean']:8.1f} train {row['train_return_recent']:8.1f} "
-            f"{row['wall_s']:6.0f}s " + " ".join(f"{k}={row[k]:.3g}" for k in ("eval_end_abs_obs0", "eval_end_abs_obs1", "q_mean", "critic_loss", "corr_obs0", "corr_obs1", "corr_obs3", "cand_q_best_minus_mean", "weight_ess", "lambda") if k in row),
+            f"{row['wall_s']:6.0f}s "
+            + " ".join(
+                f"{k}={row[k]:.3g}"
+                for k in (
+                    "eval_end_abs_obs0",
+                    "eval_end_abs_obs1",
+                    "q_mean",
+                    "critic_loss",
+                    "corr_obs0",
+                    "corr_obs1",
+                    "corr_obs3",
+                    "cand_q_best_minus_mean",
+                    "weight_ess",
+                    "lambda",
+                )
+                if k in row
+            ),
             flush=True,
         )
 
@@ -192,8 +214,20 @@ def main() -> None:
     model = ALGOS[args.algo]("MlpPolicy", env, seed=args.seed, verbose=0, **kwargs)
     callback = Diagnostics(eval_env, max(args.eval_freq // n_envs, 1) * n_envs, args.eval_episodes, Path(args.out))
     with open(Path(args.out).with_suffix(".json"), "w") as file:
-        json.dump({"algo": args.algo, "env": args.env, "seed": args.seed, "steps": args.steps, "n_envs": n_envs, "kwargs": kwargs,
-                   "cpu": os.popen("lscpu | grep 'Model name'").read().split(":")[-1].strip()}, file, indent=1, default=str)
+        json.dump(
+            {
+                "algo": args.algo,
+                "env": args.env,
+                "seed": args.seed,
+                "steps": args.steps,
+                "n_envs": n_envs,
+                "kwargs": kwargs,
+                "cpu": os.popen("lscpu | grep 'Model name'").read().split(":")[-1].strip(),
+            },
+            file,
+            indent=1,
+            default=str,
+        )
     model.learn(args.steps, callback=callback)
 
 

@@ -21,7 +21,6 @@ from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.evaluation import evaluate_policy
 
 from sb3_diffusion import QVPO, SDAC
-from sb3_diffusion.common.policies import min_q
 
 
 class ChosenAction:
@@ -40,10 +39,10 @@ class ChosenAction:
                     grid = th.linspace(-1, 1, 401)[None, :, None].expand(obs.shape[0], -1, -1)
                 else:
                     grid = th.rand(obs.shape[0], 4096, d) * 2 - 1
-                q = min_q(policy.critic, obs, grid.contiguous())
+                q = policy.min_q(obs, grid.contiguous())
                 actions = grid[th.arange(obs.shape[0]), q.argmax(dim=1)]
             else:  # actor mean
-                actions = policy.acting_actor.sample(obs, 64).mean(dim=1)
+                actions = policy.sample(obs, 64, actor=policy.acting_actor).mean(dim=1)
         return policy.unscale_action(actions.numpy()), None
 
 
@@ -61,7 +60,7 @@ def main() -> None:
         try:
             model = cls.load(args.model, device="cpu")
             break
-        except Exception:  # noqa: BLE001 - try the other class
+        except Exception:
             continue
     assert model is not None, f"{args.model} is neither an SDAC nor a QVPO model"
     env = make_vec_env(args.env, n_envs=1, seed=args.seed)
@@ -76,7 +75,8 @@ def main() -> None:
         returns, _ = evaluate_policy(ChosenAction(model, how), env, args.episodes, return_episode_rewards=True)  # type: ignore[arg-type]
         results["critic-greedy" if how == "greedy" else "actor-mean"] = returns
     for name, returns in results.items():
-        print(f"{type(model).__name__:5s} {name:14s} mean {np.mean(returns):7.1f}  episodes {np.round(returns).astype(int).tolist()}")
+        episodes = np.round(returns).astype(int).tolist()
+        print(f"{type(model).__name__:5s} {name:14s} mean {np.mean(returns):7.1f}  episodes {episodes}")
 
 
 if __name__ == "__main__":

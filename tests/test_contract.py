@@ -165,3 +165,34 @@ def test_cuda(algo):
     model = cls("MlpPolicy", ENV, seed=0, device="cuda", **kwargs).learn(80)
     assert next(model.policy.parameters()).is_cuda
     model.predict(np.zeros(3, dtype=np.float32), deterministic=True)
+
+
+def test_the_shared_policy_has_no_algorithms_defaults():
+    import inspect
+    from typing import Any, ClassVar
+
+    from gymnasium import spaces
+
+    from sb3_diffusion.common.policies import DiffusionActorPolicy
+    from sb3_diffusion.qvpo.policies import QVPOPolicy
+    from sb3_diffusion.sdac.policies import SDACPolicy
+
+    obs_space, act_space = spaces.Box(-1, 1, (3,), np.float32), spaces.Box(-1, 1, (1,), np.float32)
+    with pytest.raises(TypeError, match="beta_schedule"):
+        DiffusionActorPolicy(obs_space, act_space, lambda _: 1e-3)
+    # each algorithm's policy declares its defaults once; its signature shows them
+    for cls in (SDACPolicy, QVPOPolicy):
+        parameters = inspect.signature(cls).parameters
+        assert {name: parameters[name].default for name in cls.defaults} == cls.defaults
+    assert SDACPolicy.defaults["beta_schedule"] == "linear" and QVPOPolicy.defaults["beta_schedule"] == "cosine"
+    # None means the policy's default; mutable defaults are not shared between policies
+    policy = QVPOPolicy(obs_space, act_space, lambda _: 1e-3, net_arch=[8], diffusion_steps=3, optimizer_kwargs=None)
+    assert policy.optimizer_kwargs == {"eps": 1e-5} and policy.optimizer_kwargs is not QVPOPolicy.defaults["optimizer_kwargs"]
+    assert policy.actor.schedule.n_steps == 3 and policy.n_behavior_candidates == 4
+
+    # a policy of one's own changes one default and keeps the others
+    class WiderStart(SDACPolicy):
+        defaults: ClassVar[dict[str, Any]] = {**SDACPolicy.defaults, "init_noise_scale": 0.8}
+
+    policy = WiderStart(obs_space, act_space, lambda _: 1e-3, net_arch=[8], diffusion_steps=3)
+    assert policy.actor.init_noise_scale == 0.8 and policy.behavior_actor == "ema"

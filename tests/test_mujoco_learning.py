@@ -40,6 +40,8 @@ def test_inverted_pendulum_balances(cls, algo, tmp_path):
     model = cls("MlpPolicy", make_vec_env("InvertedPendulum-v5", n_envs=1, seed=0), seed=0, **config)
     model.learn(n_timesteps, callback=callback)
     evaluations = np.load(tmp_path / "evaluations.npz")["results"].mean(axis=1)
-    print(f"{cls.__name__} InvertedPendulum-v5 seed 0: {np.round(evaluations).tolist()} in {time.perf_counter() - start:.0f} s")
+    print(
+        f"{cls.__name__} InvertedPendulum-v5 seed 0: {np.round(evaluations).tolist()} in {time.perf_counter() - start:.0f} s"
+    )
     # balanced for 1000 steps in all 5 evaluation episodes at some evaluation within the budget
     assert evaluations.max() >= 1000, evaluations

@@ -27,7 +27,7 @@ def weights_for(scale: float, q_normalization: bool) -> th.Tensor:
     th.manual_seed(0)
     obs = th.randn(32, 3)
     actions = th.rand(32, 1) * 2 - 1
-    return model.reverse_sampling_target(obs, actions, lambda_=1.0, update_q_spread=True)[3]
+    return model.reverse_sampling_target(obs, actions, lambda_=1.0, update_q_spread=True).weights
 
 
 def effective_sample_size(weights: th.Tensor) -> th.Tensor:
@@ -45,7 +45,14 @@ def test_weights_do_not_depend_on_the_scale_of_q():
 
 
 def test_running_spread_is_an_average_and_is_saved(tmp_path):
-    model = SDAC("MlpPolicy", "Pendulum-v1", n_reverse_samples=16, q_normalization=True, q_normalization_rate=0.5, policy_kwargs=TINY_POLICY)
+    model = SDAC(
+        "MlpPolicy",
+        "Pendulum-v1",
+        n_reverse_samples=16,
+        q_normalization=True,
+        q_normalization_rate=0.5,
+        policy_kwargs=TINY_POLICY,
+    )
     assert np.isnan(model.q_spread)
     q_one, q_three = th.tensor([[0.0, 2.0]]), th.tensor([[0.0, 6.0]])  # per-state std sqrt(2) and 3 sqrt(2)
     assert model._q_spread(q_one, update=True) == pytest.approx(2**0.5)

@@ -9,8 +9,7 @@ from torch import nn
 
 from sb3_diffusion import QVPO
 from sb3_diffusion.qvpo import QVPOPolicy
-
-TINY_POLICY = dict(net_arch=[16, 16], diffusion_steps=3, time_embed_dim=4, time_hidden_dim=8)
+from tests.conftest import TINY_POLICY
 
 
 def tiny_qvpo(env="Pendulum-v1", **kwargs) -> QVPO:
@@ -83,6 +82,27 @@ def test_defaults_are_the_official_ones():
     assert (model.n_target_candidates, model.n_policy_samples, model.n_uniform_samples) == (4, 64, 10)
     assert (model.learning_starts, model.batch_size, model.tau, model.max_grad_norm) == (10_000, 256, 0.005, 2.0)
     assert model.weight_transform == "qadv"
+    assert policy.critic_init == "qvpo"  # the official critic applies init_weights too
+
+
+def test_fresh_critics_have_the_official_initialisation():
+    """QVPO's init_weights on the critics: weights N(0, (1 / (2 sqrt(fan_in)))^2), zero biases (not PyTorch's default)."""
+    th.manual_seed(0)
+    model = QVPO("MlpPolicy", "Hopper-v5")  # 11 + 3 inputs, 3 x 256 Mish, 1 output
+    for critic in (model.critic, model.critic_target):
+        linears = [layer for q_net in critic.q_networks for layer in q_net if isinstance(layer, nn.Linear)]
+        assert [layer.in_features for layer in linears] == [14, 256, 256, 256] * 2
+        for layer in linears:
+            weights = layer.weight.detach().double().flatten()
+            std = 0.5 / np.sqrt(layer.in_features)
+            n = weights.numel()
+            assert th.all(layer.bias == 0)
+            # the sample mean and standard deviation within 4 standard errors of a normal's
+            assert abs(weights.mean().item()) < 4 * std / np.sqrt(n)
+            assert weights.std().item() == pytest.approx(std, rel=4 / np.sqrt(2 * n))
+            if n > 10_000:  # normal, not uniform: 4.55% of the weights beyond 2 standard deviations
+                assert (weights.abs() > 2 * std).double().mean().item() == pytest.approx(0.0455, abs=0.006)
+    assert all(th.equal(a, b) for a, b in zip(model.critic.parameters(), model.critic_target.parameters(), strict=True))
 
 
 def test_acting_arguments_are_forwarded_to_the_policy():

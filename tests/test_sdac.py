@@ -5,10 +5,19 @@ import math
 import numpy as np
 import pytest
 import torch as th
+from stable_baselines3.common.save_util import load_from_zip_file, save_to_zip_file
 from torch import nn
 
 from sb3_diffusion import SDAC
 from tests.conftest import TINY_POLICY
+
+# lambda at which the entropy of N(0, (0.1 lambda)^2) is the target -0.9 (one action dimension)
+FIXED_POINT = 10 * math.exp(-0.9 - 0.5 * math.log(2 * math.pi * math.e))
+
+
+def tiny_sdac(**kwargs) -> SDAC:
+    config = dict(learning_starts=20, batch_size=8, n_candidates=2, n_reverse_samples=4, policy_kwargs=TINY_POLICY, seed=0)
+    return SDAC("MlpPolicy", "Pendulum-v1", **{**config, **kwargs})
 
 
 class QuadraticCritic(nn.Module):
@@ -34,11 +43,12 @@ def test_reverse_sampling_target_matches_tilted_gaussian():
     model.critic = QuadraticCritic(peak, curvature)
     obs = th.zeros(64, 3)
     actions = th.full((64, 1), -0.05)
-    a_t, t, target, weights = model.reverse_sampling_target(obs, actions, lambda_=2.0)
-    assert th.all(t == 0) and weights.shape == (64, 4096)
+    regression = model.reverse_sampling_target(obs, actions, lambda_=2.0)
+    target, weights = regression.mean_noise, regression.weights
+    assert th.all(regression.t == 0) and weights.shape == (64, 4096)
     th.testing.assert_close(weights.sum(dim=1), th.ones(64))
     abar = float(model.actor.schedule.alphas_cumprod[0])
-    x, sigma = a_t / math.sqrt(abar), math.sqrt(1 / abar - 1)
+    x, sigma = regression.a_t / math.sqrt(abar), math.sqrt(1 / abar - 1)
     beta = model.q_weight_scale * curvature / 2.0  # q_weight_scale * curvature / lambda
     expected = beta * sigma * (x - peak) / (1 + beta * sigma**2)
     assert beta * sigma**2 == pytest.approx(1.02, rel=0.01)  # weights are peaked enough to matter
@@ -46,43 +56,45 @@ def test_reverse_sampling_target_matches_tilted_gaussian():
     th.testing.assert_close(target, expected, rtol=0, atol=0.06)
 
 
-def test_weighted_mean_noise_has_the_per_sample_gradient():
-    # sum_k w_k (e - eps_k)^2 / K and (e - sum_k w_k eps_k)^2 / K differ by a constant: same gradient
+def test_score_matching_loss_has_the_per_sample_gradient():
+    # The official loss is mean_{b,k,dim} w_k (eps_theta(s, a_t, t) - eps_k)^2; the library runs the network
+    # once per state on the weighted mean noise. Same gradient for every parameter of the actor.
     th.manual_seed(0)
-    n_states, n_samples, dim = 5, 64, 3
-    weights = th.softmax(th.randn(n_states, n_samples), dim=1)
-    eps = th.randn(n_states, n_samples, dim)
-    prediction = th.randn(n_states, dim, requires_grad=True)
-    full = (weights[..., None] * (prediction[:, None] - eps) ** 2).mean()
-    (full_grad,) = th.autograd.grad(full, prediction)
-    reduced = ((prediction - th.einsum("bk,bkd->bd", weights, eps)) ** 2).mean() / n_samples
-    (reduced_grad,) = th.autograd.grad(reduced, prediction)
-    th.testing.assert_close(full_grad, reduced_grad)
+    model = tiny_sdac(n_reverse_samples=16, lambda_init=0.5)
+    obs = th.randn(6, 3)
+    actions = th.rand(6, 1) * 2 - 1
+    with th.no_grad():
+        regression = model.reverse_sampling_target(obs, actions, lambda_=0.5)
+    assert regression.weights.max() > 2.0 / 16  # weights far from uniform: a wrong weighting would show
+    parameters = list(model.actor.parameters())
+    library = th.autograd.grad(model.score_matching_loss(obs, regression), parameters)
+    predicted = model.actor.predict_noise(obs, regression.a_t, regression.t)  # (B, d)
+    per_sample = (regression.weights[..., None] * (predicted[:, None, :] - regression.noise) ** 2).mean()
+    official = th.autograd.grad(per_sample, parameters)
+    for got, expected in zip(library, official, strict=True):
+        th.testing.assert_close(got, expected, rtol=1e-4, atol=1e-7)
+    assert sum(grad.abs().sum() for grad in official) > 0
 
 
-def test_lambda_fixed_point_and_direction():
-    model = SDAC("MlpPolicy", "Pendulum-v1", policy_kwargs=TINY_POLICY)
+@pytest.mark.parametrize("lambda_init", [5.0, 0.3])
+def test_temperature_moves_towards_its_fixed_point(lambda_init):
+    model = tiny_sdac(lambda_init=lambda_init, lambda_update_interval=1, lambda_lr=0.05)
     assert model.target_entropy == pytest.approx(-0.9)
-    # the entropy of N(0, (0.1 lambda)^2) reaches -0.9 d at lambda = 10 exp(-0.9 - log(2 pi e) / 2) ~ 0.98
-    fixed_point = 10 * math.exp(-0.9 - 0.5 * math.log(2 * math.pi * math.e))
-    assert fixed_point == pytest.approx(0.984, abs=1e-3)
-    assert model.exploration_entropy(fixed_point) == pytest.approx(model.target_entropy)
-    assert float(model.policy.exploration_std) == pytest.approx(0.5)  # 0.1 * lambda_init
+    assert model.exploration_entropy(FIXED_POINT) == pytest.approx(model.target_entropy)
+    assert float(model.policy.exploration_std) == pytest.approx(0.1 * lambda_init)
+    model.learn(20 + 6)  # 6 updates, each with a temperature step
+    assert model._n_updates == 6
+    # from above the fixed point lambda falls, from below it rises; steps of Adam, about lr each in log lambda
+    direction = -1.0 if lambda_init > FIXED_POINT else 1.0
+    assert direction * (math.log(model.lambda_) - math.log(lambda_init)) == pytest.approx(6 * 0.05, rel=0.01)
+    assert float(model.policy.exploration_std) == pytest.approx(0.1 * model.lambda_)
 
 
 def test_lambda_steps_follow_the_schedule():
-    model = SDAC(
-        "MlpPolicy",
-        "Pendulum-v1",
-        learning_starts=20,
-        batch_size=8,
-        n_candidates=2,
-        n_reverse_samples=4,
-        lambda_update_interval=5,
-        policy_kwargs=TINY_POLICY,
-        seed=0,
-    )
-    model.learn(20 + 20)  # 20 updates: 4 steps on log(lambda), each of about lr (Adam) downwards
+    model = tiny_sdac(lambda_update_interval=5)
+    model.learn(20 + 1)  # the first update takes a temperature step, as update 0 of the official code
+    assert math.log(model.lambda_) == pytest.approx(math.log(5.0) - 7e-3, abs=1e-4)
+    model.learn(19, reset_num_timesteps=False)  # updates 2 to 20: steps at updates 6, 11 and 16
     assert model._n_updates == 20
     assert math.log(model.lambda_) == pytest.approx(math.log(5.0) - 4 * 7e-3, abs=1e-4)
     assert float(model.policy.exploration_std) == pytest.approx(0.1 * model.lambda_)
@@ -97,39 +109,44 @@ def test_actor_learning_rate_schedule():
 
 
 def test_policy_delay():
-    model = SDAC(
-        "MlpPolicy",
-        "Pendulum-v1",
-        learning_starts=30,
-        batch_size=8,
-        n_candidates=2,
-        n_reverse_samples=4,
-        policy_kwargs=TINY_POLICY,
-        seed=0,
-    )
+    model = tiny_sdac(learning_starts=30)
     model.learn(30)  # fill the buffer, no update yet
 
-    def snapshot():
-        return [
-            p.detach().clone()
-            for p in (
-                *model.actor.parameters(),
-                *model.actor_target.parameters(),
-                *model.critic_target.parameters(),
-                *model.critic.parameters(),
-            )
-        ]
+    def snapshot(*modules):
+        return [p.detach().clone() for module in modules for p in module.parameters()]
 
-    n_actor = len(list(model.actor.parameters())) * 2 + len(list(model.critic_target.parameters()))
-    before = snapshot()
-    model.train(gradient_steps=1, batch_size=8)  # update 1: critic only
-    after = snapshot()
-    assert all(th.equal(a, b) for a, b in zip(before[:n_actor], after[:n_actor], strict=False))
-    assert not all(th.equal(a, b) for a, b in zip(before[n_actor:], after[n_actor:], strict=False))
-    model.train(gradient_steps=1, batch_size=8)  # update 2: actor, EMA actor and critic targets too
-    final = snapshot()
-    for group in (slice(0, n_actor),):
-        assert all(not th.equal(a, b) for a, b in zip(after[group], final[group], strict=False) if a.numel() > 1)
+    actor_side = (model.actor, model.actor_target, model.critic_target)
+
+    def changed(before, after):
+        return [not th.equal(a, b) for a, b in zip(before, after, strict=True)]
+
+    # update 1 (update 0 of the official code): critics, actor, EMA actor and critic targets
+    actor_before, critic_before = snapshot(*actor_side), snapshot(model.critic)
+    model.train(gradient_steps=1, batch_size=8)
+    assert all(changed(actor_before, snapshot(*actor_side))) and all(changed(critic_before, snapshot(model.critic)))
+    assert model._n_actor_steps == 1
+    # update 2: the critics alone
+    actor_before, critic_before = snapshot(*actor_side), snapshot(model.critic)
+    model.train(gradient_steps=1, batch_size=8)
+    assert not any(changed(actor_before, snapshot(*actor_side))) and all(changed(critic_before, snapshot(model.critic)))
+    assert model._n_actor_steps == 1
+    model.train(gradient_steps=5, batch_size=8)  # updates 3 to 7: actor steps at 3, 5 and 7
+    assert (model._n_updates, model._n_actor_steps) == (7, 4)
+
+
+def test_actor_steps_set_the_actor_learning_rate_and_are_saved(tmp_path):
+    model = tiny_sdac(actor_lr_decay_start=0, actor_lr_decay_steps=4)
+    model.learn(20 + 3)  # 3 updates: actor steps at updates 1 and 3, at the rates of actor steps 0 and 1
+    assert model._n_actor_steps == 2
+    assert model.actor.optimizer.param_groups[0]["lr"] == pytest.approx(model.actor_lr_at(1)) != model.actor_lr_at(0)
+    model.save(tmp_path / "model.zip")
+    assert SDAC.load(tmp_path / "model.zip")._n_actor_steps == 2
+    # a model saved before the count was kept: its actor stepped every policy_delay-th update
+    data, params, variables = load_from_zip_file(tmp_path / "model.zip")
+    del data["_n_actor_steps"]
+    data["_n_updates"] = 7
+    save_to_zip_file(tmp_path / "old.zip", data=data, params=params, pytorch_variables=variables)
+    assert SDAC.load(tmp_path / "old.zip")._n_actor_steps == 3
 
 
 @pytest.mark.parametrize(
@@ -152,17 +169,7 @@ def test_sdac_rejects_bad_arguments(kwargs, match):
 
 
 def test_lambda_can_be_fixed():
-    model = SDAC(
-        "MlpPolicy",
-        "Pendulum-v1",
-        lambda_lr=0.0,
-        lambda_update_interval=1,
-        learning_starts=10,
-        batch_size=4,
-        n_candidates=2,
-        n_reverse_samples=2,
-        policy_kwargs=TINY_POLICY,
-    )
+    model = tiny_sdac(lambda_lr=0.0, lambda_update_interval=1, learning_starts=10, batch_size=4, n_reverse_samples=2)
     model.learn(15)
     assert model.lambda_ == pytest.approx(5.0) and model.lambda_optimizer is None
     assert np.isfinite(model.logger.name_to_value["train/critic_loss"])

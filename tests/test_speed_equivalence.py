@@ -1,8 +1,11 @@
 """
-Every speed optimisation of the hot path against the plain computation: same numbers within float
-tolerance. Fast tests, no timing asserts (speed is measured by benchmarks/bench_updates.py).
+Every fast path of the hot path against the plain computation (``DiffusionActor.sample``, ``min_q``):
+same numbers within float tolerance. Fast tests, no timing asserts (speed is measured by
+benchmarks/bench_updates.py).
 """
 
+import copy
+import pickle
 import shutil
 
 import numpy as np
@@ -14,19 +17,40 @@ from torch import nn
 from torch.nn import functional as F
 
 from sb3_diffusion.common import kernels
-from sb3_diffusion.common.diffusion import DiffusionSchedule, make_betas
-from sb3_diffusion.common.kernels import RowMLP, chunk_states, mish_, resolve_compile_mode, split_mlp
-from sb3_diffusion.common.networks import Mish, NoisePredictionNet, mish_inference
-from sb3_diffusion.common.policies import DiffusionActorPolicy, min_q, repeat_obs
+from sb3_diffusion.common.hot_path import HotPath
+from sb3_diffusion.common.kernels import RowMLP, chunk_states, resolve_compile_mode, split_mlp
+from sb3_diffusion.common.networks import Mish, min_q, repeat_obs
+from sb3_diffusion.sdac.policies import SDACPolicy
 
 OBS_DIM, ACT_DIM = 5, 3
+HAS_COMPILER = any(shutil.which(compiler) for compiler in ("g++", "c++", "clang++"))
+# the CPU paths; "compiled" and "chunked_compiled" run only Mish networks (the selection never gives them others)
+CPU_PATHS = ["chunked", "chunked_compiled", "compiled"]
+SAMPLING_OPTIONS = [{}, dict(sampling_steps=4), dict(sampler="ddim"), dict(sampling_steps=3, sampler="ddim")]
 
 
-def make_policy(**kwargs) -> DiffusionActorPolicy:
+def make_policy(**kwargs) -> SDACPolicy:
     obs_space = spaces.Box(-np.inf, np.inf, (OBS_DIM,), np.float32)
     act_space = spaces.Box(-2.0, 2.0, (ACT_DIM,), np.float32)
     kwargs = {"net_arch": [32, 24, 16], "diffusion_steps": 6, **kwargs}
-    return DiffusionActorPolicy(obs_space, act_space, lambda _: 1e-3, **kwargs)
+    return SDACPolicy(obs_space, act_space, lambda _: 1e-3, **kwargs)
+
+
+def force_path(policy: SDACPolicy, monkeypatch: pytest.MonkeyPatch, path: str) -> list[str]:
+    """Make the policy's hot path take ``path`` wherever it has a fast path; returns what it would have chosen."""
+    if "compiled" in path:
+        if not HAS_COMPILER:
+            pytest.skip("no C++ compiler: torch.compile cannot build CPU kernels here (the eager paths run)")
+        assert kernels.compiled_kernels_available()
+    chosen: list[str] = []
+    select = policy.hot_path.select
+
+    def forced(*args):
+        chosen.append(select(*args))
+        return path if chosen[-1] != "plain" else "plain"
+
+    monkeypatch.setattr(policy.hot_path, "select", forced)
+    return chosen
 
 
 @pytest.fixture(params=["onednn", "mkl"])
@@ -45,20 +69,6 @@ def matmul(request, monkeypatch):
 def small_chunks(monkeypatch):
     """Chunks of a few rows, so that the chunked loops run several chunks of uneven size."""
     monkeypatch.setattr(kernels, "DEFAULT_CHUNK_ROWS", 10)
-
-
-def test_exact_mish_formulas():
-    x = th.cat([th.linspace(-100, 100, 20001), th.tensor([-1e4, -30.0, -20.0, 0.0, 20.0, 30.0, 1e4])])
-    reference = F.mish(x.double()).float()
-    assert th.allclose(mish_inference(x), reference, rtol=1e-6, atol=1e-6)
-    h = x.clone()
-    mish_(h, th.empty_like(h), th.empty_like(h))
-    assert th.allclose(h, reference, rtol=1e-6, atol=1e-6)
-    # relative accuracy where Mish is tiny (the one-exp form has no cancellation)
-    tail = x[(x < -5) & (x > -80)]
-    h = tail.clone()
-    mish_(h, th.empty_like(h), th.empty_like(h))
-    assert th.allclose(h, F.mish(tail.double()).float(), rtol=1e-5, atol=0)
 
 
 def test_mish_module_switches_path_without_changing_values():
@@ -82,14 +92,14 @@ def _plain_mlp(first_weight, state_part, x, linears, activations):
 
 
 @pytest.mark.parametrize("activation_fn", [Mish, nn.ReLU, nn.Tanh, nn.GELU])
-@pytest.mark.parametrize("shape", [(1, 7), (4, 3), (9, 5)])
+@pytest.mark.parametrize("shape", [(1, 7), (4, 3), (9, 5), (20, 16)])
 def test_row_mlp_matches_plain_mlp(activation_fn, shape, matmul):
     th.manual_seed(0)
     b, k = shape
     widths = [32, 24, 16]
     linears = [nn.Linear(widths[0], widths[1]), nn.Linear(widths[1], widths[2]), nn.Linear(widths[2], ACT_DIM)]
     activations = [activation_fn() for _ in linears]
-    first_weight = th.randn(widths[0], ACT_DIM)
+    first_weight = th.randn(widths[0], ACT_DIM) * 3  # Mish's eager scratch form runs on blocks of > 4096 elements
     state_part, x = th.randn(b, widths[0]), th.randn(b, k, ACT_DIM)
     with th.no_grad():
         expected = _plain_mlp(first_weight, state_part, x, linears, activations)
@@ -117,75 +127,77 @@ def test_chunk_states_covers_every_state_once():
         assert all((stop - start) * per_state <= max(chunk_rows, per_state) for start, stop in chunks)
 
 
-def test_noise_net_decomposition_matches_forward():
-    th.manual_seed(1)
-    net = NoisePredictionNet(OBS_DIM, ACT_DIM, [32, 32], time_embed_dim=8, time_hidden_dim=16)
-    b, k, t = 4, 6, 3
-    features, x = th.randn(b, OBS_DIM), th.randn(b, k, ACT_DIM)
-    with th.no_grad():
-        expected = net(features.repeat_interleave(k, dim=0), x.reshape(b * k, -1), th.full((b * k,), t))
-        state_part = net.features_in(features) + net.time_table(5)[t]
-        got = net.row_mlp(b * k)(state_part, x)
-        shared = net.forward_shared(net.features_in(features), x, net.time_table(5)[t])
-    assert th.allclose(got, expected, atol=1e-5)
-    assert th.allclose(shared.reshape(b * k, -1), expected, atol=1e-5)
-
-
-def test_reverse_step_matches_textbook_formula():
-    schedule = DiffusionSchedule(make_betas("linear", 10, scale=0.8))
-    betas = schedule.betas.double()
-    abar = th.cumprod(1 - betas, 0)
-    abar_prev = th.cat([th.ones(1, dtype=th.float64), abar[:-1]])
-    th.manual_seed(2)
-    x_t, eps, z = th.randn(50, 3), th.randn(50, 3), th.randn(50, 3)
-    for t in [9, 4, 0]:
-        x0 = (x_t.double() / abar[t].sqrt() - eps.double() * (1 / abar[t] - 1).sqrt()).clamp(-1, 1)
-        mean = (
-            betas[t] * abar_prev[t].sqrt() / (1 - abar[t]) * x0
-            + (1 - abar_prev[t]) * (1 - betas[t]).sqrt() / (1 - abar[t]) * x_t.double()
-        )
-        variance = betas[t] * (1 - abar_prev[t]) / (1 - abar[t])
-        expected = mean + (variance.sqrt() * z.double() if t > 0 else 0)
-        got = schedule.reverse_step(x_t.clone(), t, eps, z if t > 0 else None)
-        assert th.allclose(got.double(), expected, atol=1e-5)
-
-
+@pytest.mark.filterwarnings("error:sb3_diffusion. torch.compile")
+@pytest.mark.parametrize("path", CPU_PATHS)
 @pytest.mark.parametrize("activation_fn", [Mish, nn.ReLU])
-def test_sample_matches_plain_chain(small_chunks, activation_fn, matmul):
+@pytest.mark.parametrize("options", SAMPLING_OPTIONS, ids=["ddpm", "respaced", "ddim", "respaced-ddim"])
+def test_sample_matches_the_plain_chain(path, activation_fn, options, matmul, small_chunks, monkeypatch):
+    if activation_fn is not Mish and path != "chunked":
+        pytest.skip("compiled paths are only chosen for Mish networks")
     th.manual_seed(3)
-    policy = make_policy(activation_fn=activation_fn, compile_mode="off")
+    policy = make_policy(activation_fn=activation_fn, **options)
+    chosen = force_path(policy, monkeypatch, path)
     obs = th.randn(7, OBS_DIM)
-    for n_samples in [1, 4]:
-        noise = policy.actor.draw_chain_noise(7, n_samples)
-        got = policy.actor.sample(obs, n_samples, noise=noise)
-        expected = policy.actor.sample_reference(obs, n_samples, noise)
-        assert got.shape == (7, n_samples, ACT_DIM)
+    # several states (chunked over states), and one state (acting: its state part is the bias of one addmm);
+    # the whole-chain function compiles once per shape, so it gets fewer shapes
+    shapes = [(7, 1), (7, 4), (1, 5)]
+    if path == "compiled":
+        shapes = shapes[1:] if not options else shapes[2:]
+    for batch_size, n_samples in shapes:
+        noise = policy.actor.draw_chain_noise(batch_size, n_samples)
+        got = policy.sample(obs[:batch_size], n_samples, noise=noise)
+        expected = policy.actor.sample(obs[:batch_size], n_samples, noise=noise)
+        assert got.shape == (batch_size, n_samples, ACT_DIM)
         assert not th.is_inference(got)
         assert th.allclose(got, expected, atol=1e-5)
-    # one state (the acting path: its state part is the bias of one addmm)
-    noise = policy.actor.draw_chain_noise(1, 5)
-    one = policy.actor.sample(obs[:1], 5, noise=noise)
-    assert th.allclose(one, policy.actor.sample_reference(obs[:1], 5, noise), atol=1e-5)
+    assert chosen and "plain" not in chosen
 
 
+@pytest.mark.filterwarnings("error:sb3_diffusion. torch.compile")
+@pytest.mark.parametrize("path", CPU_PATHS)
 @pytest.mark.parametrize("n_critics", [1, 2, 3])
-def test_min_q_per_state_matches_repeated_critic(small_chunks, n_critics, matmul):
+def test_min_q_matches_the_plain_scoring(path, n_critics, matmul, small_chunks, monkeypatch):
+    if path == "compiled" and n_critics == 1:
+        pytest.skip("one compilation per number of critics: 2 and 3 are enough")
     th.manual_seed(4)
-    policy = make_policy(n_critics=n_critics, compile_mode="off")
+    policy = make_policy(n_critics=n_critics)
+    chosen = force_path(policy, monkeypatch, path)
     obs, actions = th.randn(6, OBS_DIM), th.rand(6, 9, ACT_DIM) * 2 - 1
     with th.no_grad():
-        expected = min_q(policy.critic, repeat_obs(obs, 9), actions.reshape(-1, ACT_DIM)).view(6, 9)
-        got = min_q(policy.critic, obs, actions)
+        expected = th.cat(policy.critic(repeat_obs(obs, 9), actions.reshape(-1, ACT_DIM)), dim=1).min(dim=1).values.view(6, 9)
+        assert th.allclose(min_q(policy.critic, obs, actions), expected)  # the plain form of K candidates
+        got = policy.min_q(obs, actions)
     assert got.shape == (6, 9) and not th.is_inference(got)
     assert th.allclose(got, expected, atol=1e-5)
     with th.inference_mode():
-        assert th.allclose(min_q(policy.critic, obs, actions), expected, atol=1e-5)
+        assert th.allclose(policy.min_q(obs, actions), expected, atol=1e-5)
+    assert chosen and "plain" not in chosen
+
+
+@pytest.mark.skipif(not th.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("options", SAMPLING_OPTIONS[:2], ids=["ddpm", "respaced"])
+def test_cuda_graph_chain_matches_the_plain_chain(options):
+    th.manual_seed(8)
+    policy = make_policy(**options).to("cuda")
+    obs = th.randn(7, OBS_DIM, device="cuda")
+    assert policy.hot_path.select("sample", obs.device, 28, 32, list(policy.actor.noise_net.body)[0::2]) == "cuda_graph"
+    for _ in range(2):  # capture, then replay
+        noise = policy.actor.draw_chain_noise(7, 4)
+        got = policy.sample(obs, 4, noise=noise)
+        assert th.allclose(got, policy.actor.sample(obs, 4, noise=noise), atol=1e-5)
+    assert len(policy.hot_path.cuda_graphs.graphs) == 1
+    # the graph reads the parameters in place: an optimizer step is seen by the next replay
+    with th.no_grad():
+        for param in policy.actor.parameters():
+            param.add_(0.01)
+    noise = policy.actor.draw_chain_noise(7, 4)
+    assert th.allclose(policy.sample(obs, 4, noise=noise), policy.actor.sample(obs, 4, noise=noise), atol=1e-5)
 
 
 def test_min_q_with_autograd_is_the_plain_computation():
     policy = make_policy()
     obs, actions = th.randn(3, OBS_DIM), (th.rand(3, 4, ACT_DIM) * 2 - 1).requires_grad_(True)
-    q_values = min_q(policy.critic, obs, actions)
+    q_values = policy.min_q(obs, actions)
     q_values.sum().backward()
     assert actions.grad is not None and actions.grad.abs().sum() > 0
 
@@ -197,7 +209,7 @@ def test_min_q_falls_back_for_unusual_critics():
     obs, actions = th.randn(2, OBS_DIM), th.rand(2, 3, ACT_DIM)
     with th.no_grad():
         expected = min_q(critic, repeat_obs(obs, 3), actions.reshape(-1, ACT_DIM)).view(2, 3)
-        assert th.allclose(min_q(critic, obs, actions), expected)
+        assert th.allclose(HotPath().min_q(critic, obs, actions), expected)
 
 
 def test_min_q_takes_any_critic_callable():
@@ -209,7 +221,7 @@ def test_min_q_takes_any_critic_callable():
 
     obs, actions = th.randn(4, OBS_DIM), th.randn(4, 6, ACT_DIM)
     with th.no_grad():
-        got = min_q(Stub(), obs, actions)
+        got = HotPath().min_q(Stub(), obs, actions)
     rows = obs.repeat_interleave(6, dim=0), actions.reshape(-1, ACT_DIM)
     expected = th.minimum(rows[0][:, 0] + rows[1].sum(1), rows[0][:, 0] - rows[1][:, 0]).view(4, 6)
     assert th.allclose(got, expected)
@@ -221,24 +233,38 @@ def test_best_of_k_picks_the_plain_argmax(small_chunks):
     obs = th.randn(5, OBS_DIM)
     noise = policy.actor.draw_chain_noise(5, 8)
     chosen = policy.best_of_k(obs, 8, noise=noise)
-    candidates = policy.actor.sample_reference(obs, 8, noise)
+    candidates = policy.actor.sample(obs, 8, noise=noise)
     with th.no_grad():
         q_values = th.cat(policy.critic(repeat_obs(obs, 8), candidates.reshape(-1, ACT_DIM)), dim=1).min(dim=1).values
     best = q_values.view(5, 8).argmax(dim=1)
     assert th.allclose(chosen, candidates[th.arange(5), best], atol=1e-5)
 
 
-def test_default_thresholds_use_onednn_for_large_chunks():
-    """With the real thresholds, a large batch goes through the oneDNN path and matches the plain MLP."""
-    th.manual_seed(7)
-    linears = [nn.Linear(64, 64), nn.Linear(64, ACT_DIM)]
-    activations = [Mish(), Mish()]
-    first_weight, state_part, x = th.randn(64, ACT_DIM), th.randn(20, 64), th.randn(20, 16, ACT_DIM)
-    assert 20 * 16 >= kernels.ONEDNN_MIN_ROWS
-    with th.no_grad():
-        expected = _plain_mlp(first_weight, state_part, x, linears, activations)
-        got = RowMLP(first_weight, activations, linears, max_rows=320)(state_part, x)
-    assert th.allclose(got, expected, atol=1e-5)
+def test_selection_is_made_in_one_place(monkeypatch):
+    """The real choices, from the settings and shapes alone."""
+    monkeypatch.delenv(kernels.COMPILE_ENV_VAR, raising=False)
+    cpu, meta = th.device("cpu"), th.device("meta")
+    compiled = "compiled" if kernels.compiled_kernels_available() else "chunked"
+    chunked_compiled = "chunked_compiled" if kernels.compiled_kernels_available() else "chunked"
+    mish3, relu3 = [Mish()] * 3, [nn.ReLU()] * 3
+    auto, on, off = HotPath("auto"), HotPath("on"), HotPath("off")
+    for operation in ("sample", "min_q"):
+        with th.no_grad():
+            assert auto.select(operation, cpu, 32, 256, mish3) == compiled  # acting with official networks
+            assert auto.select(operation, cpu, 32, 64, mish3) == "chunked"  # small networks: no compilation
+            assert auto.select(operation, cpu, 512 * 32, 256, mish3) == chunked_compiled  # training batches
+            assert auto.select(operation, cpu, kernels.SMALL_CHAIN_ROWS + 1, 64, mish3) == "chunked"
+            assert on.select(operation, cpu, 4, 16, mish3) == compiled
+            assert on.select(operation, cpu, 4096, 16, mish3) == chunked_compiled
+            assert off.select(operation, cpu, 32, 256, mish3) == "chunked"
+            assert on.select(operation, cpu, 32, 256, relu3) == "chunked"  # compiled kernels are Mish kernels
+            assert on.select(operation, meta, 32, 256, mish3) == "chunked"
+            assert auto.select(operation, cpu, 32, 256, None) == "plain"  # a network without a fast path
+    assert on.select("sample", th.device("cuda"), 32, 256, mish3) == "cuda_graph"
+    assert off.select("sample", th.device("cuda"), 32, 256, mish3) == "chunked"
+    assert auto.select("min_q", cpu, 32, 256, mish3) == "plain"  # autograd on: the plain scoring
+    monkeypatch.setenv(kernels.COMPILE_ENV_VAR, "off")
+    assert on.select("sample", cpu, 32, 256, mish3) == "chunked"
 
 
 def test_compile_mode_resolution(monkeypatch):
@@ -255,76 +281,74 @@ def test_compile_mode_resolution(monkeypatch):
         resolve_compile_mode("auto")
     with pytest.raises(ValueError, match="compile_mode"):
         make_policy(compile_mode="always")
-    # auto compiles only large calls, and never off the CPU
-    monkeypatch.delenv(kernels.COMPILE_ENV_VAR)
-    cpu = th.device("cpu")
-    assert not kernels.use_compiled("auto", cpu, 1000)
-    assert kernels.use_compiled("auto", cpu, kernels.AUTO_COMPILE_MIN_ELEMENTS) == kernels.compiled_kernels_available()
-    assert not kernels.use_compiled("on", th.device("meta"), 1 << 30)
+    with pytest.raises(ValueError, match="precision"):
+        HotPath(precision="fp8")
 
 
+@pytest.mark.skipif(not HAS_COMPILER, reason="no C++ compiler")
 @pytest.mark.filterwarnings("error:sb3_diffusion. torch.compile")
-@pytest.mark.parametrize("path", ["chunked", "whole-chain"])
-def test_compiled_kernels_match_eager(small_chunks, matmul, path, monkeypatch):
-    """
-    The torch.compile'd paths against the plain chain: the fused Mish kernels of the chunked path
-    (large batches) and the whole chain compiled as one function (small batches: acting).
-    """
+def test_compiled_kernels_across_mishs_range(monkeypatch):
     monkeypatch.delenv(kernels.COMPILE_ENV_VAR, raising=False)
-    if path == "chunked":
-        monkeypatch.setattr(kernels, "SMALL_CHAIN_ROWS", 0)
-    if not any(shutil.which(compiler) for compiler in ("g++", "c++", "clang++")):
-        pytest.skip("no C++ compiler: torch.compile cannot build CPU kernels here (the eager fallback runs)")
-    # with a compiler, a failed compilation (which would fall back with a warning) fails the test: the
-    # filterwarnings mark turns that warning into an error
-    th.manual_seed(6)
+    h = th.linspace(-60, 60, 24 * 16).view(24, 16)
+    bias = th.randn(16)
+    expected = F.mish((h + bias).double()).float()
+    with th.inference_mode():
+        out = h.clone()
+        kernels.COMPILED("bias_mish", out, bias)
+        assert th.allclose(out, expected, rtol=1e-6, atol=1e-6)
+        out = h + bias
+        kernels.COMPILED("mish", out)
+        assert th.allclose(out, expected, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.skipif(not HAS_COMPILER, reason="no C++ compiler")
+def test_global_torch_settings_are_restored(monkeypatch):
+    """The compiled fixed-shape functions raise dynamo's recompile limit only while they run."""
+    monkeypatch.delenv(kernels.COMPILE_ENV_VAR, raising=False)
+    config = th._dynamo.config
+    before = config.recompile_limit
+    seen = []
+    monkeypatch.setitem(kernels.COMPILED.functions, "chain", lambda *args: seen.append(config.recompile_limit) or args[1])
     policy = make_policy(compile_mode="on")
-    obs = th.randn(5, OBS_DIM)
-    noise = policy.actor.draw_chain_noise(5, 4)
-    got = policy.actor.sample(obs, 4, noise=noise)
-    assert kernels.compiled_kernels_available()
-    assert th.allclose(got, policy.actor.sample_reference(obs, 4, noise), atol=1e-5)
-    with th.no_grad():
-        expected = min_q(policy.critic, repeat_obs(obs, 4), got.reshape(-1, ACT_DIM)).view(5, 4)
-        assert th.allclose(min_q(policy.critic, obs, got, compile_mode="on"), expected, atol=1e-5)
-    if path == "chunked":
-        # the kernels themselves, on values across Mish's whole range
-        compiled = kernels._COMPILED.get()
-        h = th.linspace(-60, 60, 24 * 16).view(24, 16)
-        bias = th.randn(16)
-        expected_h = F.mish((h + bias).double()).float()
-        with th.inference_mode():
-            out = h.clone()
-            compiled.bias_mish(out, bias)
-            assert th.allclose(out, expected_h, rtol=1e-6, atol=1e-6)
-            out = h + bias
-            compiled.mish(out)
-            assert th.allclose(out, expected_h, rtol=1e-6, atol=1e-6)
-    else:
-        # the whole-chain function reads the sampling schedule's coefficient table: re-spaced DDIM too
-        policy = make_policy(compile_mode="on", sampling_steps=4, sampler="ddim")
-        noise = policy.actor.draw_chain_noise(1, 6)
-        got = policy.actor.sample(obs[:1], 6, noise=noise)
-        assert th.allclose(got, policy.actor.sample_reference(obs[:1], 6, noise), atol=1e-5)
+    policy.sample(th.randn(1, OBS_DIM), 4)
+    assert seen == [max(before, kernels.RECOMPILE_LIMIT)]
+    assert config.recompile_limit == before
 
 
-def test_whole_chain_compilation_decision(monkeypatch):
+def test_a_failed_compilation_falls_back_with_a_warning(monkeypatch):
     monkeypatch.delenv(kernels.COMPILE_ENV_VAR, raising=False)
-    cpu = th.device("cpu")
-    available = kernels.compiled_kernels_available()
-    assert kernels.use_compiled_chain("auto", cpu, 32, 256) == available  # acting with official networks
-    assert not kernels.use_compiled_chain("auto", cpu, 32, 64)  # small networks (tests, quick starts)
-    assert not kernels.use_compiled_chain("auto", cpu, kernels.SMALL_CHAIN_ROWS + 1, 256)  # training batches
-    assert kernels.use_compiled_chain("on", cpu, 4, 16) == available
-    assert not kernels.use_compiled_chain("off", cpu, 32, 256)
-    assert not kernels.use_compiled_chain("on", th.device("meta"), 32, 256)
+    monkeypatch.setattr(kernels.COMPILED, "broken", False)
+
+    def broken(*args):
+        raise RuntimeError("no compiler here")
+
+    monkeypatch.setattr(kernels.COMPILED, "functions", dict.fromkeys(("bias_mish", "mish", "chain", "min_q"), broken))
+    th.manual_seed(9)
+    policy = make_policy(compile_mode="on")
+    obs = th.randn(2, OBS_DIM)
+    noise = policy.actor.draw_chain_noise(2, 4)
+    with pytest.warns(UserWarning, match="torch.compile of the fast paths failed"):
+        got = policy.sample(obs, 4, noise=noise)
+    assert not kernels.compiled_kernels_available()
+    assert th.allclose(got, policy.actor.sample(obs, 4, noise=noise), atol=1e-5)
+    candidates = th.rand(2, 4, ACT_DIM)
+    with th.no_grad():
+        assert th.allclose(policy.min_q(obs, candidates), min_q(policy.critic, obs, candidates), atol=1e-5)
+
+
+def test_hot_path_copies_and_pickles_without_its_caches():
+    policy = make_policy(compile_mode="off")
+    policy.hot_path.cuda_graphs.graphs[("key",)] = object()  # type: ignore[assignment]
+    for copied in (copy.deepcopy(policy).hot_path, pickle.loads(pickle.dumps(policy.hot_path))):
+        assert copied is not policy.hot_path and copied.compile_mode == "off" and copied.precision == "fp32"
+        assert copied.cuda_graphs.graphs == {}
 
 
 def test_compile_mode_is_saved_with_the_policy(tmp_path):
     policy = make_policy(compile_mode="off")
     policy.save(tmp_path / "policy.pt")
-    loaded = DiffusionActorPolicy.load(tmp_path / "policy.pt")
-    assert loaded.compile_mode == "off" and loaded.actor.compile_mode == "off"
+    loaded = SDACPolicy.load(tmp_path / "policy.pt")
+    assert loaded.compile_mode == "off" and loaded.hot_path.compile_mode == "off"
     obs = th.randn(3, OBS_DIM)
     noise = policy.actor.draw_chain_noise(3, 4)
-    assert th.equal(policy.actor.sample(obs, 4, noise=noise), loaded.actor.sample(obs, 4, noise=noise))
+    assert th.equal(policy.sample(obs, 4, noise=noise), loaded.sample(obs, 4, noise=noise))

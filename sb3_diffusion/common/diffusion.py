@@ -6,6 +6,7 @@ Everything here works on tensors and has no learnable state. The schedule is com
 """
 
 import math
+from typing import NamedTuple
 
 import numpy as np
 import torch as th
@@ -13,14 +14,48 @@ from torch import nn
 
 BETA_SCHEDULES = ("cosine", "linear", "vp")
 SAMPLERS = ("ddpm", "ddim")
-# columns of DiffusionSchedule.reverse_step_table
-REVERSE_STEP_COEFFICIENTS = (
-    "sqrt_recip_alphas_cumprod",
-    "sqrt_recipm1_alphas_cumprod",
-    "posterior_mean_coef1",
-    "posterior_mean_coef2",
-    "posterior_std",
-)
+
+
+class StepCoefficients(NamedTuple):
+    """
+    The coefficients of one reverse step (Python floats; 0-d tensors inside compiled code). Notation:
+    ``abar_t = prod_{i <= t} (1 - beta_i)``.
+    """
+
+    sqrt_recip_alphas_cumprod: float  # 1 / sqrt(abar_t)
+    sqrt_recipm1_alphas_cumprod: float  # sqrt(1 / abar_t - 1)
+    posterior_mean_coef1: float  # c1_t, on the clamped x0 estimate
+    posterior_mean_coef2: float  # c2_t, on x_t
+    posterior_std: float  # sigma_t, on the step's noise
+
+
+def x0_from_noise(
+    x_t: th.Tensor,
+    eps: th.Tensor,
+    sqrt_recip_alphas_cumprod: float | th.Tensor,
+    sqrt_recipm1_alphas_cumprod: float | th.Tensor,
+) -> th.Tensor:
+    """
+    The clean sample implied by a noise prediction, ``x0 = x_t / sqrt(abar_t) - eps sqrt(1 / abar_t - 1)``
+    (not clamped). The coefficients are floats, or tensors that broadcast against ``x_t``.
+    """
+    return x_t * sqrt_recip_alphas_cumprod - eps * sqrt_recipm1_alphas_cumprod
+
+
+def reverse_step(x_t: th.Tensor, eps: th.Tensor, c: StepCoefficients, noise: th.Tensor | None) -> th.Tensor:
+    """
+    One reverse step: ``x_{t-1} = c1_t clamp(x0, -1, 1) + c2_t x_t + sigma_t z`` with ``x0`` from the
+    predicted noise (:func:`x0_from_noise`).
+
+    :param x_t: Current sample
+    :param eps: Predicted noise, shape of ``x_t``
+    :param c: The step's coefficients
+    :param noise: ``z``, standard normal noise of the shape of ``x_t``; None adds no noise (the last step)
+    :return: ``x_{t-1}``
+    """
+    x0 = x0_from_noise(x_t, eps, c.sqrt_recip_alphas_cumprod, c.sqrt_recipm1_alphas_cumprod).clamp(-1.0, 1.0)
+    mean = c.posterior_mean_coef1 * x0 + c.posterior_mean_coef2 * x_t
+    return mean if noise is None else mean + c.posterior_std * noise
 
 
 def cosine_betas(n_steps: int, s: float = 0.008, max_beta: float = 0.999) -> np.ndarray:
@@ -122,8 +157,9 @@ def respace_betas(betas: np.ndarray, timesteps: list[int]) -> np.ndarray:
 
 class DiffusionSchedule(nn.Module):
     """
-    DDPM coefficients of a beta schedule, as float32 buffers (they follow ``.to(device)``; saved in the
-    state dict if ``persistent``).
+    DDPM coefficients of a beta schedule, as float32 buffers named as in DDPM (they follow
+    ``.to(device)``; saved in the state dict if ``persistent``), and per step as Python floats in
+    :attr:`steps` (the sampling loop reads them without touching the device).
 
     Notation: ``alpha_t = 1 - beta_t``, ``abar_t = prod_{i <= t} alpha_i`` for t = 0..T-1.
 
@@ -147,7 +183,6 @@ class DiffusionSchedule(nn.Module):
     posterior_mean_coef1: th.Tensor
     posterior_mean_coef2: th.Tensor
     posterior_std: th.Tensor
-    reverse_step_table: th.Tensor
 
     def __init__(self, betas: np.ndarray, sampler: str = "ddpm", persistent: bool = True):
         super().__init__()
@@ -159,38 +194,44 @@ class DiffusionSchedule(nn.Module):
         alphas_cumprod = np.cumprod(alphas)
         alphas_cumprod_prev = np.append(1.0, alphas_cumprod[:-1])
         posterior_variance = betas * (1.0 - alphas_cumprod_prev) / (1.0 - alphas_cumprod)
-        coefficients = {
-            "betas": betas,
-            "alphas_cumprod": alphas_cumprod,
-            "sqrt_alphas_cumprod": np.sqrt(alphas_cumprod),
-            "sqrt_one_minus_alphas_cumprod": np.sqrt(1.0 - alphas_cumprod),
-            "sqrt_recip_alphas_cumprod": np.sqrt(1.0 / alphas_cumprod),
-            "sqrt_recipm1_alphas_cumprod": np.sqrt(1.0 / alphas_cumprod - 1.0),
-            "posterior_mean_coef1": betas * np.sqrt(alphas_cumprod_prev) / (1.0 - alphas_cumprod),
-            "posterior_mean_coef2": (1.0 - alphas_cumprod_prev) * np.sqrt(alphas) / (1.0 - alphas_cumprod),
+        if sampler == "ddpm":
+            posterior_mean_coef1 = betas * np.sqrt(alphas_cumprod_prev) / (1.0 - alphas_cumprod)
+            posterior_mean_coef2 = (1.0 - alphas_cumprod_prev) * np.sqrt(alphas) / (1.0 - alphas_cumprod)
             # log-variance clipped at 1e-20 as in DDPM; the noise at t = 0 is masked anyway
-            "posterior_std": np.exp(0.5 * np.log(np.maximum(posterior_variance, 1e-20))),
-        }
-        if sampler == "ddim":
-            ddim_c2 = np.sqrt((1.0 - alphas_cumprod_prev) / (1.0 - alphas_cumprod))
-            coefficients["posterior_mean_coef1"] = np.sqrt(alphas_cumprod_prev) - ddim_c2 * np.sqrt(alphas_cumprod)
-            coefficients["posterior_mean_coef2"] = ddim_c2
-            coefficients["posterior_std"] = np.zeros_like(betas)
-        for name, value in coefficients.items():
+            posterior_std = np.exp(0.5 * np.log(np.maximum(posterior_variance, 1e-20)))
+        else:
+            posterior_mean_coef2 = np.sqrt((1.0 - alphas_cumprod_prev) / (1.0 - alphas_cumprod))
+            posterior_mean_coef1 = np.sqrt(alphas_cumprod_prev) - posterior_mean_coef2 * np.sqrt(alphas_cumprod)
+            posterior_std = np.zeros_like(betas)
+        buffers = dict(
+            betas=betas,
+            alphas_cumprod=alphas_cumprod,
+            sqrt_alphas_cumprod=np.sqrt(alphas_cumprod),
+            sqrt_one_minus_alphas_cumprod=np.sqrt(1.0 - alphas_cumprod),
+            sqrt_recip_alphas_cumprod=np.sqrt(1.0 / alphas_cumprod),
+            sqrt_recipm1_alphas_cumprod=np.sqrt(1.0 / alphas_cumprod - 1.0),
+            posterior_mean_coef1=posterior_mean_coef1,
+            posterior_mean_coef2=posterior_mean_coef2,
+            posterior_std=posterior_std,
+        )
+        for name, value in buffers.items():
             self.register_buffer(name, th.as_tensor(value, dtype=th.float32), persistent=persistent)
-        # The reverse step's coefficients per step as one (T, 5) table, for compiled chains (not saved)
-        table = np.stack([coefficients[name] for name in REVERSE_STEP_COEFFICIENTS], axis=1)
-        self.register_buffer("reverse_step_table", th.as_tensor(table, dtype=th.float32), persistent=False)
-        # Python floats for the sampling loop: indexing them costs no tensor op and no host sync
-        self._coef_lists = {name: [float(v) for v in value] for name, value in coefficients.items()}
+        # Python floats for the sampling loop: reading them costs no tensor op and no host-device sync
+        self.steps = [
+            StepCoefficients(*map(float, step))
+            for step in zip(
+                buffers["sqrt_recip_alphas_cumprod"],
+                buffers["sqrt_recipm1_alphas_cumprod"],
+                posterior_mean_coef1,
+                posterior_mean_coef2,
+                posterior_std,
+                strict=True,
+            )
+        ]
 
     @property
     def n_steps(self) -> int:
         return self.betas.shape[0]
-
-    def coef(self, name: str, t: int) -> float:
-        """Coefficient ``name`` at integer step ``t`` as a Python float (no device access)."""
-        return self._coef_lists[name][t]
 
     def q_sample(self, x0: th.Tensor, t: th.Tensor, noise: th.Tensor) -> th.Tensor:
         """
@@ -202,33 +243,27 @@ class DiffusionSchedule(nn.Module):
         """
         return self.sqrt_alphas_cumprod[t, None] * x0 + self.sqrt_one_minus_alphas_cumprod[t, None] * noise
 
-    def predict_x0(self, x_t: th.Tensor, t: int, eps: th.Tensor, clip: bool = True) -> th.Tensor:
-        """``x0 = x_t / sqrt(abar_t) - eps sqrt(1 / abar_t - 1)``, clamped to [-1, 1] if ``clip``."""
-        x0 = x_t * self.coef("sqrt_recip_alphas_cumprod", t) - eps * self.coef("sqrt_recipm1_alphas_cumprod", t)
-        return x0.clamp_(-1.0, 1.0) if clip else x0
+    def predict_x0(self, x_t: th.Tensor, t: th.Tensor, eps: th.Tensor) -> th.Tensor:
+        """
+        :func:`x0_from_noise` at a step per row (not clamped).
+
+        :param x_t: Noisy samples, shape (N, ...)
+        :param t: Integer steps, shape (N,)
+        :param eps: Noise, broadcastable with ``x_t`` (shape (N, ...))
+        """
+        shape = (-1,) + (1,) * (max(x_t.dim(), eps.dim()) - 1)  # one coefficient per row
+        scale_x, scale_eps = self.sqrt_recip_alphas_cumprod[t].view(shape), self.sqrt_recipm1_alphas_cumprod[t].view(shape)
+        return x0_from_noise(x_t, eps, scale_x, scale_eps)
 
     def reverse_step(self, x_t: th.Tensor, t: int, eps: th.Tensor, noise: th.Tensor | None) -> th.Tensor:
         """
-        One reverse step from ``x_t`` to ``x_{t-1}`` with the clamped x0 estimate (DDPM or DDIM).
+        :func:`reverse_step` at integer step ``t`` (the same for all rows).
 
-        :param x_t: Current sample, shape (N, d)
-        :param t: Integer step (the same for all rows)
-        :param eps: Predicted noise, shape (N, d)
-        :param noise: Standard normal noise of the shape of ``x_t`` (ignored, and may be None, at t = 0
+        :param x_t: Current sample
+        :param t: Step index in this schedule
+        :param eps: Predicted noise
+        :param noise: Standard normal noise of the shape of ``x_t`` (not used, and may be None, at t = 0
             and for a deterministic sampler)
-        :return: ``x_{t-1}``
         """
-        # x0 = clamp(x_t / sqrt(abar) - eps sqrt(1/abar - 1)); mean = c1 x0 + c2 x_t (+ sigma z): 6 passes, 1 allocation
-        x0 = th.mul(x_t, self.coef("sqrt_recip_alphas_cumprod", t)).add_(
-            eps, alpha=-self.coef("sqrt_recipm1_alphas_cumprod", t)
-        )
-        mean = (
-            x0.clamp_(-1.0, 1.0)
-            .mul_(self.coef("posterior_mean_coef1", t))
-            .add_(x_t, alpha=self.coef("posterior_mean_coef2", t))
-        )
-        std = self.coef("posterior_std", t)
-        if t > 0 and std != 0.0:
-            assert noise is not None
-            mean.add_(noise, alpha=std)
-        return mean
+        c = self.steps[t]
+        return reverse_step(x_t, eps, c, noise if t > 0 and c.posterior_std != 0.0 else None)

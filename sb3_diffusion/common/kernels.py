@@ -1,35 +1,37 @@
 """
-The inference hot path: MLPs evaluated on many rows that share a per-state part of their first layer.
-
-Almost all of the work of a diffusion update is the noise network run through reverse chains for
-thousands of candidates, and the critics scoring those candidates, with autograd off. This module
-runs those MLPs without changing the function they compute:
+The fast paths' building blocks (used only by :mod:`sb3_diffusion.common.hot_path`, which chooses
+between them): MLPs evaluated on many rows that share a per-state part of their first layer, with
+autograd off. They compute the same function as the plain networks:
 
 - the first layer is split into a per-state part (computed once per state by the caller) and a
   per-row part (``W_a a``), so only the small action block runs per candidate;
 - the rows are processed in chunks of whole states that fit in the CPU caches, through buffers
   allocated once per call (no fresh allocation per layer: a new multi-megabyte tensor costs page
   faults that can exceed the cost of the operation that fills it);
-- each hidden layer is one matmul (oneDNN's fp32 linear for large chunks on CPU, which beats MKL's
-  sgemm on the machines measured; MKL into a preallocated buffer otherwise), then one fused in-place
-  pass for the bias and the activation. For Mish that pass is a ``torch.compile``'d kernel of the
-  exact one-``exp`` formula (about five times faster than eager ``F.mish``), with an eager in-place
-  fallback.
+- each hidden layer is one matmul (oneDNN's fp32 linear for large chunks on CPU, MKL into a
+  preallocated buffer otherwise), then one in-place pass for the bias and the activation: for Mish a
+  ``torch.compile``'d kernel of :func:`~sb3_diffusion.common.networks.mish`, or that function eagerly
+  with scratch buffers;
+- small chains and scorings (acting) as one compiled function each, and on CUDA the chain captured as
+  a CUDA graph.
 
 Compilation is controlled by the ``compile_mode`` of the policy (``"auto"``, ``"on"``, ``"off"``) and by
 the environment variable ``SB3_DIFFUSION_COMPILE`` (``auto``/``on``/``off``, or ``1``/``0``), which
-overrides it. ``"auto"`` compiles only for large calls (at least ``AUTO_COMPILE_MIN_ELEMENTS``
-activation elements), so small networks and the test suite never pay the compile time. Any failure
-to compile (no C++ compiler, unsupported platform) falls back to the eager kernels with a warning.
+overrides it. Any failure to compile (no C++ compiler, unsupported platform) raises
+:class:`CompileFailed` once, with a warning; compilation is then off for the process.
 """
 
 import os
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 
 import torch as th
 from torch import nn
 from torch.nn import functional as F
+
+from sb3_diffusion.common.diffusion import StepCoefficients, reverse_step
+from sb3_diffusion.common.networks import mish
 
 COMPILE_MODES = ("auto", "on", "off")
 COMPILE_ENV_VAR = "SB3_DIFFUSION_COMPILE"
@@ -45,10 +47,13 @@ SMALL_CHAIN_ROWS = 256
 # "auto" compiles those small chains only for networks at least this wide (the official 256-wide ones;
 # the small networks of tests and quick starts never wait for a compilation)
 AUTO_CHAIN_MIN_WIDTH = 128
-# From this many rows the hidden layers use oneDNN's linear on CPU (float32, exact): on the AMD Zen 4
-# CPUs this was measured on it is 15-20% faster than the MKL sgemm behind torch.mm for 256-wide layers;
-# for a few rows (acting) its overhead loses
+# From this many rows the hidden layers use oneDNN's linear on CPU (float32, exact; faster than the MKL
+# sgemm behind torch.mm for 256-wide layers where measured, see docs/performance.md); for a few rows
+# (acting) its overhead loses
 ONEDNN_MIN_ROWS = 256
+# dynamo's recompile limit while a compiled function runs: a process acting with several models or
+# environments needs more fixed-shape variants than dynamo's default of 8 per function
+RECOMPILE_LIMIT = 64
 
 _ENV_ALIASES = {"1": "on", "true": "on", "yes": "on", "0": "off", "false": "off", "no": "off"}
 
@@ -76,25 +81,26 @@ def resolve_compile_mode(mode: str | bool | None = "auto") -> str:
 
 
 # ---------------------------------------------------------------------------------------------------
-# Exact Mish, one exp: tanh(softplus(y)) = n / (n + 2) with n = e^y (e^y + 2). Clamping at 20 is exact
-# in float32 (the ratio rounds to 1 there) and keeps n finite.
+# Functions written for torch.compile (fused into few kernels; the formulas are the plain code's)
 # ---------------------------------------------------------------------------------------------------
-
-
-def _mish_formula(y: th.Tensor) -> th.Tensor:
-    e = y.clamp(max=20.0).exp()
-    n = e * (e + 2.0)
-    return y * (n / (n + 2.0))
 
 
 def _bias_mish_kernel(h: th.Tensor, bias: th.Tensor) -> None:
     """h <- mish(h + bias), in place. h: (R, W), bias: (W,)."""
-    h.copy_(_mish_formula(h + bias))
+    h.copy_(mish(h + bias))
 
 
 def _mish_kernel(h: th.Tensor) -> None:
     """h <- mish(h), in place."""
-    h.copy_(_mish_formula(h))
+    h.copy_(mish(h))
+
+
+def _mish_mlp(h: th.Tensor, weights: list[th.Tensor], biases: list[th.Tensor]) -> th.Tensor:
+    """An MLP from its first layer's pre-activation ``h``: Mish, ``mish(W h + b)`` per hidden layer, the output layer."""
+    h = mish(h)
+    for weight, bias in zip(weights[:-1], biases[:-1], strict=True):
+        h = mish(h @ weight.t() + bias)
+    return h @ weights[-1].t() + biases[-1]
 
 
 def _chain_kernel(
@@ -107,28 +113,21 @@ def _chain_kernel(
     biases: list[th.Tensor],
 ) -> th.Tensor:
     """
-    A whole reverse chain of a Mish noise network (the function of ``DiffusionActor._reverse_chain``),
-    written for ``torch.compile``: every step unrolled into one graph.
+    A whole reverse chain of a Mish noise network (the function of ``DiffusionActor.sample``), every
+    step unrolled into one graph.
 
     :param state_parts: Features and time blocks of the first layer, bias included, (S, b, W_0)
     :param x_start: The chain's start, (b, k, d)
     :param noise: Chain noise (S, b, k, d); slice 0 is not used
-    :param coefficients: ``DiffusionSchedule.reverse_step_table`` of the sampling schedule, (S, 5)
+    :param coefficients: The sampling schedule's :class:`StepCoefficients` per step, as an (S, 5) table
     :param first_weight: Action block of the first layer (W_0, d)
     :param weights: Weights of the following linear layers, the output layer last
     :param biases: Their biases
     """
     x = x_start
     for i in range(noise.shape[0] - 1, -1, -1):
-        h = _mish_formula(state_parts[i].unsqueeze(1) + x @ first_weight.t())
-        for weight, bias in zip(weights[:-1], biases[:-1], strict=True):
-            h = _mish_formula(h @ weight.t() + bias)
-        eps = h @ weights[-1].t() + biases[-1]
-        c = coefficients[i]
-        x0 = (x * c[0] - eps * c[1]).clamp(-1.0, 1.0)
-        x = c[2] * x0 + c[3] * x
-        if i > 0:
-            x = x + c[4] * noise[i]
+        eps = _mish_mlp(state_parts[i].unsqueeze(1) + x @ first_weight.t(), weights, biases)
+        x = reverse_step(x, eps, StepCoefficients(*coefficients[i].unbind()), noise[i] if i > 0 else None)  # type: ignore[arg-type]
     return x
 
 
@@ -140,8 +139,7 @@ def _min_q_kernel(
     biases: list[list[th.Tensor]],
 ) -> th.Tensor:
     """
-    The minimum over Mish critics of Q on k candidates per state (the function of ``min_q``'s
-    per-state form), written for ``torch.compile``.
+    The minimum over Mish critics of Q on k candidates per state (the function of ``min_q``).
 
     :param state_parts: Per critic, the observation block of its first layer, bias included, (b, W_0)
     :param actions: Candidates (b, k, d)
@@ -152,72 +150,76 @@ def _min_q_kernel(
     """
     result = None
     for state_part, first_weight, layer_weights, layer_biases in zip(state_parts, first_weights, weights, biases, strict=True):
-        h = _mish_formula(state_part.unsqueeze(1) + actions @ first_weight.t())
-        for weight, bias in zip(layer_weights[:-1], layer_biases[:-1], strict=True):
-            h = _mish_formula(h @ weight.t() + bias)
-        q_values = (h @ layer_weights[-1].t() + layer_biases[-1]).squeeze(-1)
+        q_values = _mish_mlp(state_part.unsqueeze(1) + actions @ first_weight.t(), layer_weights, layer_biases).squeeze(-1)
         result = q_values if result is None else th.minimum(result, q_values)
     assert result is not None
     return result
 
 
+# compiled for fixed shapes: one compilation per shape
+FIXED_SHAPE_FUNCTIONS = ("chain", "min_q")
+
+
+class CompileFailed(RuntimeError):
+    """A compiled function failed to build or run; compilation is off for the rest of the process."""
+
+
+@contextmanager
+def _recompile_limit(limit: int) -> Iterator[None]:
+    """dynamo's recompile limit raised to at least ``limit`` inside the block, and restored after it."""
+    config = th._dynamo.config
+    previous = config.recompile_limit
+    config.recompile_limit = max(previous, limit)
+    try:
+        yield
+    finally:
+        config.recompile_limit = previous
+
+
 class _CompiledKernels:
-    """The ``torch.compile``'d kernels, built on first use; after a failure the eager ones are used."""
+    """The ``torch.compile``'d functions, built on first use; after a failure none is used again."""
 
     def __init__(self) -> None:
-        self.bias_mish: Callable[..., None] | None = None
-        self.mish: Callable[..., None] | None = None
-        self.chain: Callable[..., th.Tensor] | None = None
-        self.min_q: Callable[..., th.Tensor] | None = None
+        self.functions: dict[str, Callable[..., object]] = {}
         self.broken = False
 
-    def get(self) -> "_CompiledKernels | None":
+    def _build(self) -> None:
+        # dynamic shapes: one compilation serves every batch and chunk size; dynamic_threads: the
+        # kernels follow torch.set_num_threads() instead of the thread count at compile time
+        options = {"cpp.dynamic_threads": True}
+        self.functions["bias_mish"] = th.compile(_bias_mish_kernel, dynamic=True, fullgraph=True, options=options)
+        self.functions["mish"] = th.compile(_mish_kernel, dynamic=True, fullgraph=True, options=options)
+        # fixed shapes (one compilation per acting batch shape) and a C++ wrapper: no Python per operation
+        small_options = {**options, "cpp_wrapper": True}
+        self.functions["chain"] = th.compile(_chain_kernel, dynamic=False, fullgraph=True, options=small_options)
+        self.functions["min_q"] = th.compile(_min_q_kernel, dynamic=False, fullgraph=True, options=small_options)
+
+    def __call__(self, name: str, *args: object) -> object:
+        """Run the compiled function ``name``; :class:`CompileFailed` (with a warning, once) if it fails."""
         if self.broken:
-            return None
-        if self.bias_mish is None:
-            # dynamic shapes: one compilation serves every batch and chunk size; dynamic_threads: the
-            # kernels follow torch.set_num_threads() instead of the thread count at compile time
-            options = {"cpp.dynamic_threads": True}
-            self.bias_mish = th.compile(_bias_mish_kernel, dynamic=True, fullgraph=True, options=options)
-            self.mish = th.compile(_mish_kernel, dynamic=True, fullgraph=True, options=options)
-            # fixed shapes (one compilation per acting batch shape) and a C++ wrapper: no Python per operation.
-            # A process acting with several models or environments can need more variants than dynamo's
-            # default of 8 per function before it falls back to eager code.
-            dynamo_config = th._dynamo.config
-            dynamo_config.recompile_limit = max(dynamo_config.recompile_limit, 64)
-            small_options = {**options, "cpp_wrapper": True}
-            self.chain = th.compile(_chain_kernel, dynamic=False, fullgraph=True, options=small_options)
-            self.min_q = th.compile(_min_q_kernel, dynamic=False, fullgraph=True, options=small_options)
-        return self
-
-    def fail(self, error: BaseException) -> None:
-        self.broken = True
-        warnings.warn(
-            f"sb3_diffusion: torch.compile of the Mish kernels failed ({type(error).__name__}: {error}); "
-            f"using the eager kernels (same results, slower). Set {COMPILE_ENV_VAR}=off to skip the attempt."
-        )
+            raise CompileFailed("compilation failed earlier in this process")
+        if not self.functions:
+            self._build()
+        try:
+            if name in FIXED_SHAPE_FUNCTIONS:  # any call may compile a new variant
+                with _recompile_limit(RECOMPILE_LIMIT):
+                    return self.functions[name](*args)
+            return self.functions[name](*args)
+        except Exception as error:  # pragma: no cover - depends on the platform's compiler
+            self.broken = True
+            warnings.warn(
+                f"sb3_diffusion: torch.compile of the fast paths failed ({type(error).__name__}: {error}); "
+                f"using the eager kernels (same results, slower). Set {COMPILE_ENV_VAR}=off to skip the attempt."
+            )
+            raise CompileFailed(str(error)) from error
 
 
-_COMPILED = _CompiledKernels()
+COMPILED = _CompiledKernels()
 
 
 def compiled_kernels_available() -> bool:
     """False once a compilation has failed in this process."""
-    return not _COMPILED.broken
-
-
-def mish_(h: th.Tensor, tmp1: th.Tensor, tmp2: th.Tensor) -> th.Tensor:
-    """
-    Exact Mish in place, eager, with two scratch buffers of ``h``'s shape (7 passes, no allocation).
-
-    :return: ``h``
-    """
-    th.clamp(h, max=20.0, out=tmp1).exp_()  # e
-    th.add(tmp1, 2.0, out=tmp2)
-    tmp1.mul_(tmp2)  # n = e (e + 2)
-    th.add(tmp1, 2.0, out=tmp2)
-    tmp1.div_(tmp2)  # n / (n + 2) = tanh(softplus(h))
-    return h.mul_(tmp1)
+    return not COMPILED.broken
 
 
 class _OneDNN:
@@ -249,15 +251,14 @@ def activation_(
     activation: nn.Module, h: th.Tensor, scratch: Callable[[th.Tensor], tuple[th.Tensor, th.Tensor]] | None = None
 ) -> None:
     """
-    Apply ``activation`` to ``h`` in place (exact; Mish, ReLU and Tanh without allocation).
+    Apply ``activation`` to ``h`` in place (the same function; Mish, ReLU and Tanh without allocation).
 
-    :param scratch: Gives two scratch tensors of ``h``'s shape for the eager one-exp Mish (allocated
-        if None)
+    :param scratch: Gives two scratch tensors of ``h``'s shape for :func:`mish` (allocated if None)
     """
     if _is_mish(activation):
         if h.device.type == "cpu" and h.numel() > SMALL_ACTIVATION_ELEMENTS:
-            mish_(h, *(scratch(h) if scratch is not None else (th.empty_like(h), th.empty_like(h))))
-        else:  # one kernel: on accelerators, and on CPU where the per-op overhead dominates
+            mish(h, out=h, scratch=scratch(h) if scratch is not None else None)
+        else:  # torch's one kernel: on accelerators, and on CPU where the per-op overhead dominates
             F.mish(h, inplace=True)
     elif isinstance(activation, nn.ReLU):
         h.relu_()
@@ -321,7 +322,7 @@ class RowMLP:
         self.buffers = [th.empty(max_rows, width, **options) for width in widths]  # type: ignore[arg-type]
         self.max_rows = max_rows
         self.all_mish = all(_is_mish(act) for act in self.activations)
-        self.kernels = _COMPILED.get() if (compiled and self.all_mish) else None
+        self.compiled = compiled and self.all_mish
         self.scratch_elements = max_rows * max(widths[:-1])
         self.scratch: list[th.Tensor] = []  # for the eager Mish on CPU, allocated on first use
 
@@ -346,13 +347,9 @@ class RowMLP:
         else:
             h.view(b, k, -1).copy_(state_part.unsqueeze(1))
             h.addmm_(x.reshape(rows, -1), self.first_weight_t)
-        if self.kernels is not None:
-            try:
-                self.kernels.mish(h)  # type: ignore[misc]
-            except Exception as error:  # pragma: no cover - depends on the platform's compiler
-                _COMPILED.fail(error)
-                self.kernels = None
-        if self.kernels is None:
+        if self.compiled:
+            COMPILED("mish", h)
+        else:
             activation_(self.activations[0], h, self._scratch)
         onednn = rows >= ONEDNN_MIN_ROWS and ONEDNN.usable(h)
         for index, (weight, weight_t, bias) in enumerate(self.layers):
@@ -361,13 +358,13 @@ class RowMLP:
                 break
             out = ONEDNN.linear(h, weight, bias) if onednn else None
             if out is not None:  # bias included
-                if self.kernels is not None:
-                    self.kernels.mish(out)  # type: ignore[misc]
+                if self.compiled:
+                    COMPILED("mish", out)
                 else:
                     activation_(self.activations[index + 1], out, self._scratch)
-            elif self.kernels is not None:
+            elif self.compiled:
                 out = th.mm(h, weight_t, out=self.buffers[index + 1][:rows])
-                self.kernels.bias_mish(out, bias)  # type: ignore[misc]
+                COMPILED("bias_mish", out, bias)
             else:
                 out = th.addmm(bias, h, weight_t, out=self.buffers[index + 1][:rows])
                 activation_(self.activations[index + 1], out, self._scratch)
@@ -379,42 +376,6 @@ def chunk_states(n_states: int, rows_per_state: int, chunk_rows: int) -> list[tu
     """Split ``n_states`` states into contiguous chunks of at most ``chunk_rows`` rows (at least one state each)."""
     per_chunk = max(1, chunk_rows // max(rows_per_state, 1))
     return [(start, min(start + per_chunk, n_states)) for start in range(0, n_states, per_chunk)]
-
-
-def use_compiled(mode: str | bool | None, device: th.device, activation_elements: int) -> bool:
-    """Whether a call of ``activation_elements`` hidden activations should use the compiled kernels."""
-    mode = resolve_compile_mode(mode)
-    if mode == "off" or device.type != "cpu" or _COMPILED.broken:
-        # On CUDA the whole chain is captured instead (see DiffusionActor); other devices run eager
-        return False
-    return mode == "on" or activation_elements >= AUTO_COMPILE_MIN_ELEMENTS
-
-
-def use_compiled_chain(mode: str | bool | None, device: th.device, rows: int, width: int) -> bool:
-    """
-    Whether a chain of ``rows`` rows runs as one compiled function (small chains on CPU: acting).
-    ``"on"`` compiles every small chain, ``"auto"`` only those of networks at least ``AUTO_CHAIN_MIN_WIDTH``
-    wide. The decision depends only on the mode and the shapes, so the same call always takes the same path.
-    """
-    mode = resolve_compile_mode(mode)
-    if mode == "off" or device.type != "cpu" or _COMPILED.broken or rows > SMALL_CHAIN_ROWS:
-        return False
-    return mode == "on" or width >= AUTO_CHAIN_MIN_WIDTH
-
-
-def compiled_chain(*args: object, kernel: str = "chain") -> th.Tensor | None:
-    """
-    Run :func:`_chain_kernel` (``kernel="chain"``) or :func:`_min_q_kernel` (``"min_q"``) compiled;
-    None (and the eager path from then on) if compilation fails.
-    """
-    kernels = _COMPILED.get()
-    if kernels is None:
-        return None
-    try:
-        return getattr(kernels, kernel)(*args)
-    except Exception as error:  # pragma: no cover - depends on the platform's compiler
-        _COMPILED.fail(error)
-        return None
 
 
 def chunk_rows_for(device: th.device) -> int:
@@ -483,8 +444,3 @@ class CudaGraphCache:
         with th.cuda.graph(graph):
             static_output = fn(*static_inputs)
         return graph, static_inputs, static_output
-
-
-def use_cuda_graph(mode: str | bool | None, device: th.device) -> bool:
-    """Whether the reverse chain is captured as a CUDA graph: on CUDA unless compilation is off."""
-    return device.type == "cuda" and resolve_compile_mode(mode) != "off"

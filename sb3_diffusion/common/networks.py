@@ -1,42 +1,51 @@
 """
-Networks of the diffusion policies: sinusoidal time embedding, an exact Mish with a fast inference
-path, the noise-prediction MLP with a decomposed first layer, and weight initialisations.
+Networks of the diffusion policies: the exact Mish (one formula, with a fast form for tensors that need
+no gradient), the sinusoidal time embedding, the noise-prediction MLP, weight initialisations, and
+the minimum over the twin critics.
 """
 
 import itertools
 import math
 
 import torch as th
+from stable_baselines3.common.type_aliases import PyTorchObs
 from torch import nn
 from torch.nn import functional as F
-
-from sb3_diffusion.common.kernels import RowMLP
 
 INITIALIZATIONS = ("haiku", "qvpo", "torch")
 
 
-def mish_inference(x: th.Tensor) -> th.Tensor:
+def mish(x: th.Tensor, out: th.Tensor | None = None, scratch: tuple[th.Tensor, th.Tensor] | None = None) -> th.Tensor:
     """
-    Exact Mish for tensors that need no gradient, with one ``exp`` instead of exp, log1p and tanh:
-    ``tanh(softplus(x)) = n / (n + 2)`` with ``n = e^x (e^x + 2)``. Clamping at 20 is exact in
-    float32 (the ratio is 1 there) and keeps ``n`` finite.
+    Exact Mish with one ``exp`` instead of exp, log1p and tanh: ``mish(x) = x tanh(softplus(x)) =
+    x n / (n + 2)`` with ``n = e^x (e^x + 2)``. Clamping at 20 before the ``exp`` is exact in float32
+    (the ratio is 1 there) and keeps ``n`` finite. Not differentiable by design (in-place steps): use it
+    where no gradient is needed.
+
+    :param x: Input (not modified unless it is ``out``)
+    :param out: Where to write the result (may be ``x``); a new tensor if None
+    :param scratch: Two tensors of ``x``'s shape used as work space (allocated if None)
+    :return: ``mish(x)``
     """
-    e = x.clamp(max=20.0).exp_()
-    n = (e + 2.0).mul_(e)
-    return n.div_(n + 2.0).mul_(x)
+    a, b = scratch if scratch is not None else (th.empty_like(x), th.empty_like(x))
+    th.clamp(x, max=20.0, out=a).exp_()  # e
+    th.add(a, 2.0, out=b).mul_(a)  # n = e (e + 2)
+    th.add(b, 2.0, out=a)  # n + 2
+    b.div_(a)  # n / (n + 2) = tanh(softplus(x))
+    return th.mul(x, b, out=out) if out is not None else b.mul_(x)
 
 
 class Mish(nn.Mish):
     """
-    ``torch.nn.Mish`` that switches to :func:`mish_inference` when autograd is off (sampling and
-    Q scoring, where almost all of the activations of an update are computed). Same function,
-    same parameters (none), so it is a drop-in replacement.
+    ``torch.nn.Mish`` that computes :func:`mish` when autograd is off (sampling and Q scoring, where
+    almost all of the activations of an update are computed) and torch's ``F.mish`` otherwise. Same
+    function, same parameters (none), so it is a drop-in replacement.
     """
 
     def forward(self, x: th.Tensor) -> th.Tensor:
         if th.is_grad_enabled() and x.requires_grad:
             return F.mish(x)
-        return mish_inference(x)
+        return mish(x)
 
 
 class SinusoidalEmbedding(nn.Module):
@@ -162,21 +171,9 @@ class NoisePredictionNet(nn.Module):
         for block in (self.features_in, self.action_in, self.time_in):
             init_linear_(block, init, fan_in=first_fan_in)
 
-    def time_table(self, n_steps: int) -> th.Tensor:
-        """The time block's contribution to the first layer for t = 0 .. n_steps-1, shape (n_steps, width)."""
-        steps = th.arange(n_steps, device=self.features_in.weight.device)
-        return self.time_in(self.time_mlp(self.time_embedding(steps)))
-
-    def row_mlp(self, max_rows: int, compiled: bool = False) -> RowMLP:
-        """
-        The network after its first layer's features and time blocks, as a :class:`RowMLP` for
-        ``max_rows`` rows: ``row_mlp(features_part + time_part, x_t)`` is the predicted noise.
-
-        :param max_rows: Largest number of rows of one call
-        :param compiled: Use the compiled Mish kernels
-        """
-        modules = list(self.body)
-        return RowMLP(self.action_in.weight, modules[0::2], modules[1::2], max_rows, compiled=compiled)
+    def time_part(self, t: th.Tensor) -> th.Tensor:
+        """The time block's contribution to the first layer at integer steps ``t`` (shape (N,)): shape (N, width)."""
+        return self.time_in(self.time_mlp(self.time_embedding(t)))
 
     def forward(self, features: th.Tensor, x_t: th.Tensor, t: th.Tensor) -> th.Tensor:
         """
@@ -187,19 +184,27 @@ class NoisePredictionNet(nn.Module):
         :param t: Integer steps, shape (N,)
         :return: Predicted noise, shape (N, d)
         """
-        time_part = self.time_in(self.time_mlp(self.time_embedding(t)))
-        return self.body(self.features_in(features) + self.action_in(x_t) + time_part)
+        return self.body(self.features_in(features) + self.action_in(x_t) + self.time_part(t))
 
-    def forward_shared(self, features_part: th.Tensor, x_t: th.Tensor, time_part: th.Tensor) -> th.Tensor:
-        """
-        Predict the noise of ``n`` candidates per state at one shared step, reusing precomputed blocks.
 
-        :param features_part: ``features_in(features)``, shape (B, width)
-        :param x_t: Noisy candidates, shape (B, n, d)
-        :param time_part: The time block of this step, shape (width,)
-        :return: Predicted noise, shape (B, n, d)
-        """
-        hidden = self.action_in(x_t)
-        hidden += features_part[:, None, :]
-        hidden += time_part
-        return self.body(hidden)
+def min_q(critic: nn.Module, obs: PyTorchObs, actions: th.Tensor) -> th.Tensor:
+    """
+    Both critics, take the minimum: ``min_i Q_i(obs, actions)``.
+
+    :param critic: The critics: ``critic(obs, actions)`` gives one (N, 1) tensor per critic
+    :param obs: Observations, batch of N; or of B with K candidates per state
+    :param actions: Actions, (N, d); or (B, K, d), K candidate actions per state
+    :return: (N,), or (B, K)
+    """
+    if actions.dim() == 3:
+        batch_size, n_candidates, action_dim = actions.shape
+        flat = actions.reshape(batch_size * n_candidates, action_dim)
+        return min_q(critic, repeat_obs(obs, n_candidates), flat).view(batch_size, n_candidates)
+    return th.cat(critic(obs, actions), dim=1).min(dim=1).values
+
+
+def repeat_obs(obs: PyTorchObs, n: int) -> PyTorchObs:
+    """Repeat each observation ``n`` times along the batch (row b*n + j is state b)."""
+    if isinstance(obs, dict):
+        return {key: value.repeat_interleave(n, dim=0) for key, value in obs.items()}
+    return obs.repeat_interleave(n, dim=0)

@@ -1,10 +1,17 @@
 """
 The diffusion actor-critic policy shared by QVPO and SDAC.
+
+:class:`DiffusionActor` holds the noise network and its schedule and samples with the plain reverse
+chain. :class:`DiffusionActorPolicy` holds the actor, its EMA copy, the twin critics and their targets,
+and acts best-of-K; its sampling and its scoring of candidates go through the policy's
+:class:`~sb3_diffusion.common.hot_path.HotPath`, which gives the plain computation's numbers faster.
 """
 
-import hashlib
-import weakref
-from typing import Any
+import copy
+import functools
+import inspect
+from collections.abc import Callable
+from typing import Any, ClassVar
 
 import numpy as np
 import torch as th
@@ -14,7 +21,6 @@ from stable_baselines3.common.preprocessing import get_action_dim
 from stable_baselines3.common.torch_layers import BaseFeaturesExtractor, FlattenExtractor, get_actor_critic_arch
 from stable_baselines3.common.type_aliases import PyTorchObs, Schedule
 from torch import nn
-from torch.nn import functional as F
 
 from sb3_diffusion.common.diffusion import (
     BETA_SCHEDULES,
@@ -24,29 +30,14 @@ from sb3_diffusion.common.diffusion import (
     respace_betas,
     respaced_timesteps,
 )
-from sb3_diffusion.common.kernels import (
-    COMPILE_MODES,
-    CudaGraphCache,
-    RowMLP,
-    chunk_rows_for,
-    chunk_states,
-    compiled_chain,
-    split_mlp,
-    use_compiled,
-    use_compiled_chain,
-    use_cuda_graph,
-)
-from sb3_diffusion.common.networks import INITIALIZATIONS, Mish, NoisePredictionNet, init_mlp_
-from sb3_diffusion.common.utils import check_action_space, check_choice, check_float, check_int
-
-
-# CUDA graphs of each actor's reverse chains, outside the module (graphs cannot be copied or pickled)
-_CUDA_GRAPHS: "weakref.WeakKeyDictionary[DiffusionActor, CudaGraphCache]" = weakref.WeakKeyDictionary()
+from sb3_diffusion.common.hot_path import COMPILE_MODES, HotPath
+from sb3_diffusion.common.networks import INITIALIZATIONS, NoisePredictionNet, init_mlp_
+from sb3_diffusion.common.utils import check_action_space, check_choice, check_float, check_int, observation_seed
 
 
 class DiffusionActor(BasePolicy):
     """
-    Diffusion actor: a noise-prediction network, its DDPM schedule and the batched reverse sampler.
+    Diffusion actor: a noise-prediction network, its DDPM schedule and the reverse sampler.
 
     :param observation_space: Observation space
     :param action_space: Action space (a bounded Box; actions are produced in [-1, 1])
@@ -64,12 +55,10 @@ class DiffusionActor(BasePolicy):
     :param time_embed_scale: Scale of the embedding
     :param init: Weight initialisation of the noise network (``"haiku"``, ``"qvpo"``, ``"torch"``)
     :param normalize_images: Whether to normalize images or not, dividing by 255.0
-    :param compile_mode: ``"auto"``, ``"on"`` or ``"off"``: whether sampling uses ``torch.compile``'d
-        kernels (see :mod:`sb3_diffusion.common.kernels`; same results within float rounding)
     :param sampling_steps: Steps of the reverse chain when sampling (None: all T). Fewer steps use a
         re-spaced schedule (DDPM respacing: the kept steps keep their abar; see ``respace_betas``);
         training is unchanged.
-    :param sampler: ``"ddpm"`` (the default, stochastic) or ``"ddim"`` (deterministic DDIM, eta = 0)
+    :param sampler: ``"ddpm"`` (stochastic) or ``"ddim"`` (deterministic DDIM, eta = 0)
     """
 
     action_space: spaces.Box
@@ -81,18 +70,18 @@ class DiffusionActor(BasePolicy):
         net_arch: list[int],
         features_extractor: nn.Module,
         features_dim: int,
-        activation_fn: type[nn.Module] = Mish,
-        diffusion_steps: int = 20,
-        beta_schedule: str = "linear",
+        *,
+        activation_fn: type[nn.Module],
+        diffusion_steps: int,
+        beta_schedule: str,
+        init_noise_scale: float,
+        time_embed_dim: int,
+        time_hidden_dim: int,
+        time_embed_shift: int,
+        time_embed_scale: float,
+        init: str,
         beta_schedule_kwargs: dict[str, float] | None = None,
-        init_noise_scale: float = 0.5,
-        time_embed_dim: int = 16,
-        time_hidden_dim: int = 32,
-        time_embed_shift: int = 0,
-        time_embed_scale: float = 0.25,
-        init: str = "haiku",
         normalize_images: bool = True,
-        compile_mode: str = "auto",
         sampling_steps: int | None = None,
         sampler: str = "ddpm",
     ):
@@ -107,7 +96,6 @@ class DiffusionActor(BasePolicy):
         self.features_dim = features_dim
         self.activation_fn = activation_fn
         self.init_noise_scale = init_noise_scale
-        self.compile_mode = compile_mode
         self.action_dim = get_action_dim(self.action_space)
         betas = make_betas(beta_schedule, diffusion_steps, **(beta_schedule_kwargs or {}))
         self.schedule = DiffusionSchedule(betas)
@@ -170,112 +158,29 @@ class DiffusionActor(BasePolicy):
 
     def sample(self, obs: PyTorchObs, n_samples: int, noise: th.Tensor | None = None) -> th.Tensor:
         """
-        Draw ``n_samples`` actions per state with the full reverse chain, all candidates of all states
-        in one batch. The observation block of the first layer is computed once per state and the time
-        block once per step. Runs under ``torch.inference_mode``; the result is a normal tensor.
+        Draw ``n_samples`` actions per state: ``n_samples`` reverse chains per state, from
+        ``x = init_noise_scale * z`` through the sampling schedule, predicting the noise of every row
+        at every step. This is the plain computation; the policy runs it through its hot path
+        (:meth:`DiffusionActorPolicy.sample`), which returns the same numbers faster.
 
         :param obs: Observations, batch of B
-        :param n_samples: Samples per state
+        :param n_samples: Samples per state K
         :param noise: Optional noise from :meth:`draw_chain_noise` (drawn here if None)
-        :return: Actions in [-1, 1], shape (B, n_samples, d)
-        """
-        with th.inference_mode():
-            features = self.extract_features(obs, self.features_extractor)
-            if noise is None:
-                noise = self.draw_chain_noise(features.shape[0], n_samples)
-            features_part = self.noise_net.features_in(features)
-            time_table = self.noise_net.time_table(self.diffusion_steps)
-            if use_cuda_graph(self.compile_mode, features_part.device):
-                x = self._captured_reverse_chain(features_part, time_table, noise)
-            else:
-                x = self._reverse_chain(features_part, time_table, noise)
-        return x.clone()
-
-    def _captured_reverse_chain(self, features_part: th.Tensor, time_table: th.Tensor, noise: th.Tensor) -> th.Tensor:
-        """:meth:`_reverse_chain` replayed from a CUDA graph captured once per shape (CUDA only)."""
-        graphs = _CUDA_GRAPHS.get(self)
-        if graphs is None:
-            graphs = _CUDA_GRAPHS[self] = CudaGraphCache()
-        # a new graph when a shape or the storage of a parameter changes (e.g. after .to(device))
-        key = (tuple(noise.shape), noise.dtype, features_part.device, *(p.data_ptr() for p in self.noise_net.parameters()))
-        return graphs(key, self._reverse_chain, [features_part, time_table, noise])
-
-    def _reverse_chain(self, features_part: th.Tensor, time_table: th.Tensor, noise: th.Tensor) -> th.Tensor:
-        """
-        The reverse chains of all candidates, chunk by chunk of whole states: every chunk runs its full
-        chain in buffers that stay in the CPU caches (rows are independent, so chunking changes nothing).
-
-        :param features_part: ``features_in(features)``, shape (B, width)
-        :param time_table: The time block for every step, shape (T, width)
-        :param noise: Chain noise, shape (S, B, K, d)
-        :return: x_0, shape (B, K, d)
-        """
-        schedule, steps = self.sampling_schedule, self.sampling_timesteps
-        _, batch_size, n_samples, action_dim = noise.shape
-        device = features_part.device
-        if use_compiled_chain(self.compile_mode, device, batch_size * n_samples, features_part.shape[1]):
-            x = self._compiled_reverse_chain(features_part, time_table, noise)
-            if x is not None:
-                return x
-        compiled = use_compiled(self.compile_mode, device, batch_size * n_samples * features_part.shape[1])
-        chunks = chunk_states(batch_size, n_samples, chunk_rows_for(device))
-        mlp = self.noise_net.row_mlp(max(stop - start for start, stop in chunks) * n_samples, compiled=compiled)
-        out = None if len(chunks) == 1 else th.empty((batch_size, n_samples, action_dim), device=device, dtype=noise.dtype)
-        # the network sees the original step; the re-spaced schedule gives the coefficients
-        step_table = time_table[steps]  # (S, width)
-        for start, stop in chunks:
-            # features and time blocks of every step of this chunk at once: (S, b, width)
-            state_parts = features_part[start:stop].unsqueeze(0) + step_table.unsqueeze(1)
-            x = noise[0, start:stop] * self.init_noise_scale
-            for i in reversed(range(len(steps))):
-                eps = mlp(state_parts[i], x).view_as(x)
-                x = schedule.reverse_step(x, i, eps, noise[i, start:stop] if i > 0 else None)
-            if out is None:
-                return x
-            out[start:stop] = x
-        assert out is not None
-        return out
-
-    def _compiled_reverse_chain(self, features_part: th.Tensor, time_table: th.Tensor, noise: th.Tensor) -> th.Tensor | None:
-        """:meth:`_reverse_chain` as one compiled function (small chains on CPU); None if not possible."""
-        body = list(self.noise_net.body)
-        if not all(isinstance(module, nn.Mish) for module in body[0::2]):
-            return None
-        schedule = self.sampling_schedule
-        linears = body[1::2]
-        state_parts = features_part.unsqueeze(0) + time_table[self.sampling_timesteps].unsqueeze(1)
-        return compiled_chain(
-            state_parts,
-            noise[0] * self.init_noise_scale,
-            noise,
-            schedule.reverse_step_table,
-            self.noise_net.action_in.weight,
-            [layer.weight for layer in linears],
-            [layer.bias for layer in linears],
-        )
-
-    def sample_reference(self, obs: PyTorchObs, n_samples: int, noise: th.Tensor) -> th.Tensor:
-        """
-        The plain computation of :meth:`sample` (the full network on every row, no decomposition,
-        chunking or fused kernels), kept as the reference of the equivalence tests.
+        :return: Actions in [-1, 1], shape (B, K, d)
         """
         with th.no_grad():
             features = self.extract_features(obs, self.features_extractor)
             batch_size = features.shape[0]
-            rows = batch_size * n_samples
-            features = features.repeat_interleave(n_samples, dim=0)
-            x = noise[0].reshape(rows, -1) * self.init_noise_scale
-            schedule = self.sampling_schedule
+            if noise is None:
+                noise = self.draw_chain_noise(batch_size, n_samples)
+            features = features.repeat_interleave(n_samples, dim=0)  # row b*K + j is state b
+            x = noise[0].flatten(0, 1) * self.init_noise_scale
             for i in reversed(range(self.sampling_steps)):
-                steps = th.full((rows,), self.sampling_timesteps[i], device=x.device, dtype=th.long)
-                eps = self.noise_net(features, x, steps)
-                x0 = (
-                    x * schedule.coef("sqrt_recip_alphas_cumprod", i) - eps * schedule.coef("sqrt_recipm1_alphas_cumprod", i)
-                ).clamp(-1.0, 1.0)
-                x = schedule.coef("posterior_mean_coef1", i) * x0 + schedule.coef("posterior_mean_coef2", i) * x
-                if i > 0 and schedule.sampler == "ddpm":
-                    x = x + schedule.coef("posterior_std", i) * noise[i].reshape(rows, -1)
-        return x.view(batch_size, n_samples, -1)
+                # the network sees the original step; the sampling schedule gives the coefficients
+                t = th.full((x.shape[0],), self.sampling_timesteps[i], device=x.device)
+                eps = self.noise_net(features, x, t)
+                x = self.sampling_schedule.reverse_step(x, i, eps, noise[i].flatten(0, 1))
+        return x.view(batch_size, n_samples, self.action_dim)
 
     def forward(self, obs: PyTorchObs, deterministic: bool = False) -> th.Tensor:
         return self.sample(obs, 1)[:, 0]
@@ -290,7 +195,6 @@ class DiffusionActor(BasePolicy):
                 net_arch=self.net_arch,
                 features_dim=self.features_dim,
                 activation_fn=self.activation_fn,
-                compile_mode=self.compile_mode,
                 sampling_steps=self.sampling_steps,
                 sampler=self.sampler,
             )
@@ -298,106 +202,11 @@ class DiffusionActor(BasePolicy):
         return data
 
 
-def min_q(critic: ContinuousCritic, obs: th.Tensor, actions: th.Tensor, compile_mode: str = "auto") -> th.Tensor:
-    """
-    Minimum over the critics of Q(obs, actions).
-
-    Two forms:
-
-    - ``actions`` of shape (N, d) with N observations: one action per observation, result (N,);
-    - ``actions`` of shape (B, K, d) with B observations: K candidate actions per state, result (B, K).
-      Without autograd this computes each state's observation block of the critics' first layer once
-      for its K candidates (the same function as the critics on repeated observations, up to float
-      rounding) and runs the rest in cache-sized chunks; with autograd on it is the plain computation.
-
-    :param critic: The critics
-    :param obs: Observations
-    :param actions: Actions, (N, d) or (B, K, d)
-    :param compile_mode: Compile mode of the fast path (see :mod:`sb3_diffusion.common.kernels`)
-    """
-    if actions.dim() == 2:
-        return th.cat(critic(obs, actions), dim=1).min(dim=1).values
-    batch_size, n_candidates, action_dim = actions.shape
-    if th.is_grad_enabled() or _critic_blocks(critic) is None:
-        flat = actions.reshape(batch_size * n_candidates, action_dim)
-        return min_q(critic, repeat_obs(obs, n_candidates), flat).view(batch_size, n_candidates)
-    with th.inference_mode():
-        q_values = _min_q_per_state(critic, obs, actions, compile_mode)
-    return q_values.clone()
-
-
-def _critic_blocks(critic: ContinuousCritic) -> list[tuple[list[nn.Linear], list[nn.Module]]] | None:
-    """The layers of each Q network if all are plain MLPs with at least one hidden layer, else None."""
-    blocks = []
-    q_networks = getattr(critic, "q_networks", None)
-    if not isinstance(q_networks, (list, nn.ModuleList)) or not q_networks:
-        return None
-    for q_net in q_networks:
-        parts = split_mlp(q_net)
-        if parts is None or len(parts[0]) < 2:
-            return None
-        blocks.append(parts)
-    return blocks
-
-
-def _min_q_per_state(critic: ContinuousCritic, obs: th.Tensor, actions: th.Tensor, compile_mode: str) -> th.Tensor:
-    blocks = _critic_blocks(critic)
-    assert blocks is not None
-    batch_size, n_candidates, _ = actions.shape
-    features = critic.extract_features(obs, critic.features_extractor)
-    features_dim = features.shape[1]
-    device = actions.device
-    width = blocks[0][0][0].out_features
-    all_mish = all(isinstance(act, nn.Mish) for _, activations in blocks for act in activations)
-    if all_mish and use_compiled_chain(compile_mode, device, batch_size * n_candidates, width):
-        # acting: a few states, the whole scoring as one compiled function
-        q_values = compiled_chain(
-            [F.linear(features, linears[0].weight[:, :features_dim], linears[0].bias) for linears, _ in blocks],
-            actions,
-            [linears[0].weight[:, features_dim:] for linears, _ in blocks],
-            [[layer.weight for layer in linears[1:]] for linears, _ in blocks],
-            [[layer.bias for layer in linears[1:]] for linears, _ in blocks],
-            kernel="min_q",
-        )
-        if q_values is not None:
-            return q_values
-    compiled = use_compiled(compile_mode, device, batch_size * n_candidates * width)
-    chunks = chunk_states(batch_size, n_candidates, chunk_rows_for(device))
-    max_rows = max(stop - start for start, stop in chunks) * n_candidates
-    mlps, state_parts = [], []
-    for linears, activations in blocks:
-        first = linears[0]
-        # Q(s, a) = ... act(W_s s + W_a a + b): the observation block once per state
-        state_parts.append(F.linear(features, first.weight[:, :features_dim], first.bias))
-        mlps.append(RowMLP(first.weight[:, features_dim:], activations, linears[1:], max_rows, compiled=compiled))
-    out = th.empty((batch_size, n_candidates), device=device, dtype=actions.dtype)
-    for start, stop in chunks:
-        target = out[start:stop]
-        for index, (mlp, state_part) in enumerate(zip(mlps, state_parts, strict=True)):
-            q_values = mlp(state_part[start:stop], actions[start:stop]).view(stop - start, n_candidates)
-            if index == 0:
-                target.copy_(q_values)
-            else:
-                th.minimum(target, q_values, out=target)
-    return out
-
-
-def repeat_obs(obs: PyTorchObs, n: int) -> PyTorchObs:
-    """Repeat each observation ``n`` times along the batch (row b*n + j is state b)."""
-    if isinstance(obs, dict):
-        return {key: value.repeat_interleave(n, dim=0) for key, value in obs.items()}
-    return obs.repeat_interleave(n, dim=0)
-
-
-def observation_seed(observation: np.ndarray) -> int:
-    """A 64-bit seed that depends only on the bytes of one observation (float32)."""
-    data = np.ascontiguousarray(observation, dtype=np.float32).tobytes()
-    return int.from_bytes(hashlib.blake2b(data, digest_size=8).digest(), "little") & ((1 << 63) - 1)
-
-
 class DiffusionActorPolicy(BasePolicy):
     """
     Policy class (diffusion actor, EMA actor, twin critics and their targets) shared by QVPO and SDAC.
+    It has no algorithm's defaults: the modelling choices are required arguments, and each algorithm's
+    policy (``SDACPolicy``, ``QVPOPolicy``) gives them as defaults in its :attr:`defaults`.
 
     Acting is best-of-K: K reverse chains per state, scored by the minimum of the online critics, the
     argmax kept. ``predict(obs, deterministic=True)`` uses ``n_eval_candidates`` chains and no
@@ -410,10 +219,9 @@ class DiffusionActorPolicy(BasePolicy):
     :param action_space: Action space (a bounded Box)
     :param lr_schedule: Learning rate schedule (could be constant)
     :param net_arch: Hidden sizes: a list for both networks, or ``dict(pi=[...], qf=[...])``
-    :param activation_fn: Activation function (``Mish``: exact Mish with a fast inference path)
+    :param activation_fn: Activation function (``Mish``: exact Mish with a fast form without autograd)
     :param diffusion_steps: Number of diffusion steps T
     :param beta_schedule: ``"cosine"``, ``"linear"`` or ``"vp"``
-    :param beta_schedule_kwargs: Keyword arguments of the schedule
     :param init_noise_scale: Standard deviation of the reverse chain's starting point
     :param time_embed_dim: Size of the sinusoidal time embedding
     :param time_hidden_dim: Hidden size of the time MLP
@@ -421,10 +229,11 @@ class DiffusionActorPolicy(BasePolicy):
         1 gives ``10000^(-j/(dim/2-1))``
     :param time_embed_scale: Scale of the embedding
     :param init: Initialisation of the noise network (``"haiku"``, ``"qvpo"`` or ``"torch"``)
-    :param critic_init: Initialisation of the critics
+    :param critic_init: Initialisation of the critics (``"haiku"``, ``"qvpo"`` or ``"torch"``)
     :param n_behavior_candidates: K of the behaviour policy (``deterministic=False``)
     :param n_eval_candidates: K of the deterministic policy (``deterministic=True``)
     :param behavior_actor: Which actor acts: ``"ema"`` (the EMA copy) or ``"online"``
+    :param beta_schedule_kwargs: Keyword arguments of the schedule
     :param exploration_std: Standard deviation of the Gaussian noise added to behaviour actions
         (in the [-1, 1] action scale); algorithms may change it during training
     :param features_extractor_class: Features extractor to use
@@ -442,32 +251,42 @@ class DiffusionActorPolicy(BasePolicy):
     :param sampler: ``"ddpm"`` (default) or ``"ddim"`` (deterministic DDIM, eta = 0, an option)
     """
 
+    #: The algorithm's defaults for the arguments of ``__init__`` (a subclass declares them; passing
+    #: None for one of them also gives its default)
+    defaults: ClassVar[dict[str, Any]] = {}
+
     actor: DiffusionActor
     actor_target: DiffusionActor
     critic: ContinuousCritic
     critic_target: ContinuousCritic
     exploration_std: th.Tensor
 
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "defaults" in cls.__dict__ and "__init__" not in cls.__dict__:
+            cls.__init__ = _with_defaults(cls.__init__, cls.defaults)  # type: ignore[method-assign]
+
     def __init__(
         self,
         observation_space: spaces.Space,
         action_space: spaces.Box,
         lr_schedule: Schedule,
-        net_arch: list[int] | dict[str, list[int]] | None = None,
-        activation_fn: type[nn.Module] = Mish,
-        diffusion_steps: int = 20,
-        beta_schedule: str = "linear",
+        *,
+        net_arch: list[int] | dict[str, list[int]],
+        activation_fn: type[nn.Module],
+        diffusion_steps: int,
+        beta_schedule: str,
+        init_noise_scale: float,
+        time_embed_dim: int,
+        time_hidden_dim: int,
+        time_embed_shift: int,
+        time_embed_scale: float,
+        init: str,
+        critic_init: str,
+        n_behavior_candidates: int,
+        n_eval_candidates: int,
+        behavior_actor: str,
         beta_schedule_kwargs: dict[str, float] | None = None,
-        init_noise_scale: float = 0.5,
-        time_embed_dim: int = 16,
-        time_hidden_dim: int = 32,
-        time_embed_shift: int = 0,
-        time_embed_scale: float = 0.25,
-        init: str = "haiku",
-        critic_init: str = "haiku",
-        n_behavior_candidates: int = 32,
-        n_eval_candidates: int = 32,
-        behavior_actor: str = "ema",
         exploration_std: float = 0.0,
         features_extractor_class: type[BaseFeaturesExtractor] = FlattenExtractor,
         features_extractor_kwargs: dict[str, Any] | None = None,
@@ -495,8 +314,6 @@ class DiffusionActorPolicy(BasePolicy):
             normalize_images=normalize_images,
             squash_output=True,
         )
-        if net_arch is None:
-            net_arch = [256, 256, 256]
         actor_arch, critic_arch = get_actor_critic_arch(net_arch)
         self.net_arch = net_arch
         self.activation_fn = activation_fn
@@ -523,14 +340,14 @@ class DiffusionActorPolicy(BasePolicy):
         self.n_eval_candidates = check_int("n_eval_candidates", n_eval_candidates)
         self.behavior_actor = check_choice("behavior_actor", behavior_actor, ("ema", "online"))
         self.n_critics = check_int("n_critics", n_critics)
-        self.compile_mode = check_choice("compile_mode", compile_mode, COMPILE_MODES)
+        # The seam to the fast paths of sampling and scoring (not saved: a function of these arguments)
+        self.hot_path = HotPath(check_choice("compile_mode", compile_mode, COMPILE_MODES))
         self.actor_kwargs = dict(
             observation_space=self.observation_space,
             action_space=self.action_space,
             net_arch=actor_arch,
             activation_fn=activation_fn,
             normalize_images=normalize_images,
-            compile_mode=self.compile_mode,
             **self.diffusion_kwargs,
         )
         self.critic_kwargs = dict(
@@ -544,6 +361,11 @@ class DiffusionActorPolicy(BasePolicy):
         )
         self.register_buffer("exploration_std", th.tensor(check_float("exploration_std", exploration_std, strict=False)))
         self._build(lr_schedule)
+
+    @property
+    def compile_mode(self) -> str:
+        """The hot path's compile mode (see :class:`~sb3_diffusion.common.hot_path.HotPath`)."""
+        return self.hot_path.compile_mode
 
     def _build(self, lr_schedule: Schedule) -> None:
         self.actor = self.make_actor()
@@ -594,9 +416,29 @@ class DiffusionActorPolicy(BasePolicy):
         )
         return data
 
+    def sample(
+        self, obs: PyTorchObs, n_samples: int, actor: DiffusionActor | None = None, noise: th.Tensor | None = None
+    ) -> th.Tensor:
+        """
+        ``actor.sample(obs, n_samples, noise)`` (the online actor by default), computed by the hot path.
+
+        :return: Actions in [-1, 1], shape (B, n_samples, d)
+        """
+        return self.hot_path.sample(self.actor if actor is None else actor, obs, n_samples, noise)
+
+    def min_q(self, obs: PyTorchObs, candidates: th.Tensor, critic: ContinuousCritic | None = None) -> th.Tensor:
+        """
+        ``min_q(critic, obs, candidates)`` of K candidates per state (the online critics by default),
+        computed by the hot path.
+
+        :param candidates: Actions, shape (B, K, d)
+        :return: Shape (B, K)
+        """
+        return self.hot_path.min_q(self.critic if critic is None else critic, obs, candidates)
+
     def best_of_k(
         self,
-        obs: th.Tensor,
+        obs: PyTorchObs,
         n_candidates: int,
         actor: DiffusionActor | None = None,
         critic: ContinuousCritic | None = None,
@@ -613,15 +455,12 @@ class DiffusionActorPolicy(BasePolicy):
         :param noise: Optional chain noise (see ``DiffusionActor.draw_chain_noise``)
         :return: Actions in [-1, 1], shape (B, d)
         """
-        actor = self.actor if actor is None else actor
-        critic = self.critic if critic is None else critic
-        candidates = actor.sample(obs, n_candidates, noise=noise)
-        if n_candidates == 1:
-            return candidates[:, 0]
-        batch_size = candidates.shape[0]
-        with th.inference_mode():
-            best = min_q(critic, obs, candidates, compile_mode=self.compile_mode).argmax(dim=1)
-        return candidates[th.arange(batch_size, device=candidates.device), best.clone()]
+        with th.no_grad():
+            candidates = self.sample(obs, n_candidates, actor=actor, noise=noise)
+            if n_candidates == 1:
+                return candidates[:, 0]
+            best = self.min_q(obs, candidates, critic=critic).argmax(dim=1)
+        return candidates[th.arange(candidates.shape[0], device=candidates.device), best]
 
     def add_exploration_noise(self, actions: th.Tensor, std: float | th.Tensor | None = None) -> th.Tensor:
         """Add N(0, std^2) noise (``exploration_std`` by default) and clip to [-1, 1]."""
@@ -682,9 +521,33 @@ class DiffusionActorPolicy(BasePolicy):
         :param mode: if true, set to training mode, else set to evaluation mode
         """
         if self.training == mode and self.actor.training == mode and self.critic.training == mode:
-            # already there (predict() calls this on every call; walking every module costs ~0.3 ms)
+            # already there (predict() calls this on every call, and walking every module is not free)
             if all(module.training == mode for module in (*self.actor.modules(), *self.critic.modules())):
                 return
         self.actor.set_training_mode(mode)
         self.critic.set_training_mode(mode)
         self.training = mode
+
+
+def _with_defaults(init: Callable[..., None], defaults: dict[str, Any]) -> Callable[..., None]:
+    """
+    ``init`` with the defaults of some of its arguments replaced by ``defaults`` (copied at each call;
+    an argument passed as None also gets its default), and a signature that shows them.
+    """
+    signature = inspect.signature(init)
+    unknown = set(defaults) - set(signature.parameters)
+    if unknown:
+        raise TypeError(f"defaults name arguments that the policy does not take: {sorted(unknown)}")
+    parameters = [p.replace(default=defaults[p.name]) if p.name in defaults else p for p in signature.parameters.values()]
+    signature = signature.replace(parameters=parameters)
+
+    @functools.wraps(init)
+    def __init__(*args: Any, **kwargs: Any) -> None:
+        bound = signature.bind(*args, **kwargs)
+        for name, value in defaults.items():
+            if bound.arguments.get(name) is None:
+                bound.arguments[name] = copy.deepcopy(value)
+        init(*bound.args, **bound.kwargs)
+
+    __init__.__signature__ = signature  # type: ignore[attr-defined]
+    return __init__

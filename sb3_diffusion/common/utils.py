@@ -1,5 +1,6 @@
-"""Argument checks with error messages that name the argument and what is allowed."""
+"""Argument checks with error messages that name the argument and what is allowed, and the observation seed."""
 
+import hashlib
 import numbers
 
 import numpy as np
@@ -47,3 +48,9 @@ def check_action_space(action_space: spaces.Space) -> None:
             "the policy samples in [-1, 1] and rescales to [low, high]. Give the space finite bounds, "
             "for example with gymnasium.wrappers.ClipAction or RescaleAction."
         )
+
+
+def observation_seed(observation: np.ndarray) -> int:
+    """A 64-bit seed that depends only on the bytes of one observation (float32)."""
+    data = np.ascontiguousarray(observation, dtype=np.float32).tobytes()
+    return int.from_bytes(hashlib.blake2b(data, digest_size=8).digest(), "little") & ((1 << 63) - 1)

@@ -9,7 +9,7 @@ from stable_baselines3.common.type_aliases import GymEnv, MaybeCallback, Schedul
 from torch.nn import functional as F
 
 from sb3_diffusion.common.off_policy import DiffusionOffPolicyAlgorithm
-from sb3_diffusion.common.policies import min_q, repeat_obs
+from sb3_diffusion.common.networks import min_q, repeat_obs
 from sb3_diffusion.common.utils import check_choice, check_float, check_int
 from sb3_diffusion.qvpo.policies import MlpPolicy, QVPOPolicy
 
@@ -249,7 +249,7 @@ class QVPO(DiffusionOffPolicyAlgorithm):
         batch_size, _, action_dim = samples.shape
         with th.no_grad():
             # (B, N_d): each state's observation block of the critics computed once for its samples
-            q_values = min_q(self.critic, obs, samples, compile_mode=self.policy.compile_mode)
+            q_values = self.policy.min_q(obs, samples, critic=self.critic)
             weights, best_index = self.policy_weights(q_values)
             best_actions = samples[th.arange(batch_size, device=samples.device), best_index]
             uniform = th.rand(batch_size, self.n_uniform_samples, action_dim, device=samples.device) * 2.0 - 1.0
@@ -312,7 +312,7 @@ class QVPO(DiffusionOffPolicyAlgorithm):
             # Actor, on an independent batch of states (its actions are not used), scored by the
             # critics just updated
             obs = self.replay_buffer.sample(batch_size, env=self._vec_normalize_env).observations  # type: ignore[union-attr]
-            samples = self.actor.sample(obs, self.n_policy_samples)
+            samples = self.policy.sample(obs, self.n_policy_samples)
             obs_rows, actions, row_weights, weights = self.actor_regression_rows(obs, samples, entropy_weight)
             max_weights.append(weights.max())
             mean_weights.append(weights.mean())

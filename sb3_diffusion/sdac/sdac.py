@@ -1,4 +1,4 @@
-from typing import Any, ClassVar, TypeVar
+from typing import Any, ClassVar, NamedTuple, TypeVar
 
 import numpy as np
 import torch as th
@@ -10,7 +10,7 @@ from stable_baselines3.common.type_aliases import GymEnv, MaybeCallback, Schedul
 from torch.nn import functional as F
 
 from sb3_diffusion.common.off_policy import DiffusionOffPolicyAlgorithm
-from sb3_diffusion.common.policies import min_q
+from sb3_diffusion.common.networks import min_q
 from sb3_diffusion.common.utils import check_float, check_int
 from sb3_diffusion.sdac.policies import MlpPolicy, SDACPolicy
 
@@ -24,7 +24,10 @@ class SDAC(DiffusionOffPolicyAlgorithm):
     Paper: "Efficient Online Reinforcement Learning for Diffusion Policy", Ma et al., ICML 2025,
     https://arxiv.org/abs/2502.00361 (v1: "Soft Diffusion Actor-Critic").
     Reference implementation (JAX): https://github.com/mahaitongdae/diffusion_policy_online_rl
-    (commit a50cf41, ``relax/algorithm/sdac.py``). The defaults are the official camera-ready ones.
+    (commit a50cf41, ``relax/algorithm/sdac.py``). The defaults are the official camera-ready ones;
+    the official run also uses 5 environments with one update per vector step
+    (``make_vec_env(env_id, n_envs=5)``; with one environment every env step makes an update, 5x the
+    official number of updates per env step).
 
     One update: the critics regress on ``reward_scale * r + gamma * min Q_target(s', a')`` with ``a'``
     the best of ``n_candidates`` online-actor samples plus exploration noise. Every ``policy_delay``
@@ -35,7 +38,8 @@ class SDAC(DiffusionOffPolicyAlgorithm):
     per-sample weighted loss, with one network pass per state instead of ``n_reverse_samples``).
     The temperature ``lambda`` also sets the exploration noise std ``exploration_scale * lambda``; it is
     adjusted every ``lambda_update_interval`` updates so that the entropy of that noise approaches
-    ``target_entropy``. All sampled quantities of an update use the parameters from before it.
+    ``target_entropy``. As in the official code, the first update is an actor step and a temperature
+    step. All sampled quantities of an update use the parameters from before it.
 
     Deliberate differences from the official code:
 
@@ -206,6 +210,8 @@ class SDAC(DiffusionOffPolicyAlgorithm):
         )
         self.log_lambda: th.Tensor
         self.lambda_optimizer: th.optim.Adam | None = None
+        # Actor steps taken (saved with the model; None until _setup_model, see there)
+        self._n_actor_steps: int | None = None
         if _init_setup_model:
             self._setup_model()
 
@@ -220,6 +226,8 @@ class SDAC(DiffusionOffPolicyAlgorithm):
             self.lambda_optimizer = th.optim.Adam([self.log_lambda], lr=self.lambda_lr)
         self._sync_exploration_std()
         self.actor.optimizer.param_groups[0]["lr"] = self.actor_learning_rate
+        if self._n_actor_steps is None:  # a new model, or one saved before the count was kept (which
+            self._n_actor_steps = self._n_updates // self.policy_delay  # stepped the actor every policy_delay-th update)
 
     @property
     def lambda_(self) -> float:
@@ -243,33 +251,31 @@ class SDAC(DiffusionOffPolicyAlgorithm):
 
     def reverse_sampling_target(
         self, obs: th.Tensor, actions: th.Tensor, lambda_: float, update_q_spread: bool = False
-    ) -> tuple[th.Tensor, th.Tensor, th.Tensor, th.Tensor]:
+    ) -> "ScoreMatchingTarget":
         """
-        The regression problem of one actor step (reverse-sampling score matching).
+        The regression problem of one actor step (reverse-sampling score matching), scored by the
+        online critics: ``a`` forward-noised to ``a_t`` at a random step ``t``; ``n_reverse_samples``
+        draws ``a0_k = clamp(x0_from_noise(a_t, eps_k), -1, 1)``, i.e. samples of
+        ``N(a_t / sqrt(abar_t), (1/abar_t - 1) I)``; weights ``softmax_k(q_weight_scale * min Q(s, a0_k) / lambda)``.
 
         :param obs: States, batch of B
         :param actions: Policy actions at those states, shape (B, d)
         :param lambda_: Temperature
         :param update_q_spread: Fold this batch into the running spread of ``q_normalization`` (training
             does; analyses should not)
-        :return: ``(a_t, t, target_noise, weights)``: noisy actions (B, d), their steps (B,), the
-            weighted mean noise (B, d) and the softmax weights (B, n_reverse_samples)
         """
         schedule = self.actor.schedule
         batch_size, action_dim = actions.shape
         t = th.randint(schedule.n_steps, (batch_size,), device=self.device)
         a_t = schedule.q_sample(actions, t, th.randn_like(actions))
         eps = th.randn(batch_size, self.n_reverse_samples, action_dim, device=self.device)
-        scale_x = schedule.sqrt_recip_alphas_cumprod[t, None, None]
-        scale_eps = schedule.sqrt_recipm1_alphas_cumprod[t, None, None]
-        a_0 = (a_t[:, None, :] * scale_x - eps * scale_eps).clamp_(-1.0, 1.0)
+        a_0 = schedule.predict_x0(a_t[:, None, :], t, eps).clamp_(-1.0, 1.0)
         # (B, n_reverse_samples): each state's observation block of the critics computed once
-        q_values = min_q(self.critic, obs, a_0, compile_mode=self.policy.compile_mode)
+        q_values = self.policy.min_q(obs, a_0, critic=self.critic)
         if self.q_normalization:
             q_values = q_values / self._q_spread(q_values, update_q_spread)
         weights = th.softmax(q_values * (self.q_weight_scale / lambda_), dim=1)
-        target_noise = th.einsum("bk,bkd->bd", weights, eps)
-        return a_t, t, target_noise, weights
+        return ScoreMatchingTarget(a_t, t, eps, weights)
 
     def _q_spread(self, q_values: th.Tensor, update: bool) -> float:
         """The running spread of ``q_normalization``, first folding in ``q_values`` (B, K) if ``update``."""
@@ -279,38 +285,74 @@ class SDAC(DiffusionOffPolicyAlgorithm):
             self.q_spread = spread if first else self.q_spread + self.q_normalization_rate * (spread - self.q_spread)
         return max(self.q_spread, 1e-8)
 
+    def score_matching_loss(self, obs: th.Tensor, target: "ScoreMatchingTarget") -> th.Tensor:
+        """
+        The actor's loss, ``mean_{b,k,dim} w_k (eps_theta(s, a_t, t) - eps_k)^2`` up to a constant that
+        has no gradient: the network runs once per state and regresses on the weighted mean noise,
+        ``MSE(eps_theta, sum_k w_k eps_k) / n_reverse_samples`` (the weights of a state sum to 1).
+        """
+        predicted_noise = self.actor.predict_noise(obs, target.a_t, target.t)
+        return F.mse_loss(predicted_noise, target.mean_noise) / target.noise.shape[1]
+
+    def _best_actions(self, replay_data: Any, actor_step: bool, noise_std: float) -> tuple[th.Tensor, th.Tensor | None]:
+        """
+        The best-of-K choices of one update, from the online actor and critics with exploration noise:
+        ``a'`` at the next states (TD target) and, on an actor step, the policy actions ``a`` at the
+        states (the actor's regression). Both as one merged chain of 2B states, faster than two of B.
+
+        :return: ``(next_actions, policy_actions)``; ``policy_actions`` is None unless ``actor_step``
+        """
+        if not actor_step:
+            next_actions = self.policy.best_of_k(replay_data.next_observations, self.n_candidates)
+            return self.policy.add_exploration_noise(next_actions, noise_std), None
+        states = th.cat([replay_data.next_observations, replay_data.observations])
+        best = self.policy.add_exploration_noise(self.policy.best_of_k(states, self.n_candidates), noise_std)
+        next_actions, policy_actions = best.split(replay_data.observations.shape[0])
+        return next_actions, policy_actions
+
+    def _temperature_step(self, lambda_: float) -> th.Tensor:
+        """One Adam step on ``log(lambda)`` towards an exploration-noise entropy of ``target_entropy``."""
+        assert self.lambda_optimizer is not None
+        entropy_gap = self.target_entropy - self.exploration_entropy(lambda_)  # type: ignore[operator]
+        lambda_loss = -(self.log_lambda * entropy_gap).sum()
+        self.lambda_optimizer.zero_grad()
+        lambda_loss.backward()
+        self.lambda_optimizer.step()
+        self._sync_exploration_std()
+        return lambda_loss.detach()
+
     def train(self, gradient_steps: int, batch_size: int = 64) -> None:
         # Switch to train mode (this affects batch norm / dropout)
         self.policy.set_training_mode(True)
         # Critic learning rate from SB3's schedule; the actor's follows its own schedule in actor steps
         self._update_learning_rate([self.critic.optimizer])
+        assert self._n_actor_steps is not None
 
         actor_losses, critic_losses, lambda_losses, max_weights = [], [], [], []
         for _ in range(gradient_steps):
+            # As in the official code, update 0 (the first) steps the actor and the temperature
+            actor_step = self._n_updates % self.policy_delay == 0
+            temperature_step = self.lambda_optimizer is not None and self._n_updates % self.lambda_update_interval == 0
             self._n_updates += 1
             replay_data = self.replay_buffer.sample(batch_size, env=self._vec_normalize_env)  # type: ignore[union-attr]
             discounts = replay_data.discounts if replay_data.discounts is not None else self.gamma
-            actor_step = self._n_updates % self.policy_delay == 0
             lambda_ = self.lambda_
-            noise_std = self.exploration_scale * lambda_
 
-            # Everything sampled uses the parameters from before this update. Both best-of-K choices
-            # come from the online actor and critics: one merged chain of 2B states.
+            # 1. TD target, with a' the best of K online-actor samples plus exploration noise. Everything
+            #    sampled in an update uses the parameters from before it: the actor's regression target
+            #    (with its own best-of-K, from the same merged chain) is drawn here too.
             with th.no_grad():
-                if actor_step:
-                    states = th.cat([replay_data.next_observations, replay_data.observations])
-                    next_actions, new_actions = self.policy.best_of_k(states, self.n_candidates).split(batch_size)
-                    new_actions = self.policy.add_exploration_noise(new_actions, noise_std)
-                    a_t, t, target_noise, weights = self.reverse_sampling_target(
-                        replay_data.observations, new_actions, lambda_, update_q_spread=True
-                    )
-                    max_weights.append(weights.max(dim=1).values.mean())
-                else:
-                    next_actions = self.policy.best_of_k(replay_data.next_observations, self.n_candidates)
-                next_actions = self.policy.add_exploration_noise(next_actions, noise_std)
+                next_actions, policy_actions = self._best_actions(replay_data, actor_step, self.exploration_scale * lambda_)
                 next_q_values = min_q(self.critic_target, replay_data.next_observations, next_actions)[:, None]
                 target_q_values = self.reward_scale * replay_data.rewards + (1 - replay_data.dones) * discounts * next_q_values
+                if policy_actions is None:
+                    regression = None
+                else:  # the actor's regression target, scored by the critics before their step
+                    regression = self.reverse_sampling_target(
+                        replay_data.observations, policy_actions, lambda_, update_q_spread=True
+                    )
 
+            # 2. Critic step
             current_q_values = self.critic(replay_data.observations, replay_data.actions)
             critic_loss = sum(F.mse_loss(current_q, target_q_values) for current_q in current_q_values)
             assert isinstance(critic_loss, th.Tensor)
@@ -320,27 +362,26 @@ class SDAC(DiffusionOffPolicyAlgorithm):
             critic_loss.backward()
             self.critic.optimizer.step()
 
-            if actor_step:
-                self._set_lr(self.actor.optimizer, self.actor_lr_at(self._n_updates // self.policy_delay - 1))
-                predicted_noise = self.actor.predict_noise(replay_data.observations, a_t, t)
-                # mean over (states, samples, dims) of w_k (eps_theta - eps_k)^2, up to a constant
-                actor_loss = F.mse_loss(predicted_noise, target_noise) / self.n_reverse_samples
+            # 3. Actor step, every policy_delay updates, at the learning rate of its actor-step count
+            if regression is not None:
+                self._set_lr(self.actor.optimizer, self.actor_lr_at(self._n_actor_steps))
+                actor_loss = self.score_matching_loss(replay_data.observations, regression)
                 actor_losses.append(actor_loss.detach())
                 self._check_finite_loss("actor loss", actor_loss)
+                max_weights.append(regression.weights.max(dim=1).values.mean())
                 self.actor.optimizer.zero_grad()
                 actor_loss.backward()
                 self.actor.optimizer.step()
+                self._n_actor_steps += 1
+
+            # 4. Temperature step, every lambda_update_interval updates
+            if temperature_step:
+                lambda_losses.append(self._temperature_step(lambda_))
+
+            # 5. Polyak averaging of the critic targets and of the EMA actor, with each actor step
+            if actor_step:
                 self._polyak_critic()
                 self._polyak_actor()
-
-            if self.lambda_optimizer is not None and self._n_updates % self.lambda_update_interval == 0:
-                entropy_gap = self.target_entropy - self.exploration_entropy(lambda_)  # type: ignore[operator]
-                lambda_loss = -(self.log_lambda * entropy_gap).sum()
-                lambda_losses.append(lambda_loss.detach())
-                self.lambda_optimizer.zero_grad()
-                lambda_loss.backward()
-                self.lambda_optimizer.step()
-                self._sync_exploration_std()
 
         self.logger.record("train/n_updates", self._n_updates, exclude="tensorboard")
         self.logger.record("train/critic_loss", th.stack(critic_losses).mean().item())
@@ -376,3 +417,17 @@ class SDAC(DiffusionOffPolicyAlgorithm):
         if self.lambda_optimizer is not None:
             state_dicts.append("lambda_optimizer")
         return state_dicts, ["log_lambda"]
+
+
+class ScoreMatchingTarget(NamedTuple):
+    """The regression problem of one SDAC actor step (see :meth:`SDAC.reverse_sampling_target`)."""
+
+    a_t: th.Tensor  # forward-noised policy actions, (B, d)
+    t: th.Tensor  # their steps, (B,)
+    noise: th.Tensor  # eps_k of the reverse samples, (B, n_reverse_samples, d)
+    weights: th.Tensor  # softmax weights of the reverse samples, (B, n_reverse_samples)
+
+    @property
+    def mean_noise(self) -> th.Tensor:
+        """``sum_k w_k eps_k``, (B, d): the regression target of the noise network."""
+        return th.einsum("bk,bkd->bd", self.weights, self.noise)

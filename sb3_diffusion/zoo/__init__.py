@@ -4,7 +4,7 @@ the shipped configs, the Optuna samplers and converters, and the ``python -m sb3
 """
 
 from sb3_diffusion.zoo.callbacks import NonFiniteLossCallback, NonFiniteLossError
-from sb3_diffusion.zoo.registration import ALGO_NAMES, available_algorithms, config_path, register
+from sb3_diffusion.zoo.registration import ALGO_NAMES, config_path, register
 from sb3_diffusion.zoo.samplers import CONVERTERS, SAMPLERS
 
 __all__ = [
@@ -13,7 +13,6 @@ __all__ = [
     "SAMPLERS",
     "NonFiniteLossCallback",
     "NonFiniteLossError",
-    "available_algorithms",
     "config_path",
     "register",
 ]

@@ -29,23 +29,13 @@ import re
 from pathlib import Path
 from typing import Any
 
-from stable_baselines3.common.base_class import BaseAlgorithm
-
 from sb3_diffusion.zoo.callbacks import NonFiniteLossCallback
 from sb3_diffusion.zoo.samplers import CONVERTERS, SAMPLERS, merge_policy_kwargs, trial_context
 
-# Every algorithm of the package that RL Zoo may know, whether or not it is importable yet
+# The RL Zoo names of the algorithms of the package
 ALGO_NAMES = ("qvpo", "sdac")
 
 _PATCHED = "_sb3_diffusion_patched"
-
-
-def available_algorithms() -> dict[str, type[BaseAlgorithm]]:
-    """RL Zoo name -> class of the algorithms this installation of ``sb3_diffusion`` provides."""
-    import sb3_diffusion
-
-    classes = {name: getattr(sb3_diffusion, name.upper(), None) for name in ALGO_NAMES}
-    return {name: cls for name, cls in classes.items() if cls is not None}
 
 
 def config_path(algo: str) -> Path:
@@ -65,13 +55,15 @@ def register() -> list[str]:
     """
     Make RL Zoo know the algorithms of ``sb3_diffusion`` (``--algo sdac``, ``--algo qvpo``): their
     classes, Optuna samplers and converters, and our shipped configs as their default ``-conf``.
-    Idempotent; algorithms that are not importable are left out.
+    Idempotent.
 
     :return: the names registered
     """
     from rl_zoo3 import exp_manager, hyperparams_opt, utils
 
-    algorithms = available_algorithms()
+    from sb3_diffusion import QVPO, SDAC
+
+    algorithms = {"qvpo": QVPO, "sdac": SDAC}
     for name, cls in algorithms.items():
         utils.ALGOS[name] = cls
         hyperparams_opt.HYPERPARAMS_SAMPLER[name] = SAMPLERS[name]
