@@ -161,9 +161,7 @@ class Diagnostics(BaseCallback):
         row.update(self.diagnose())
         self.rows.append(row)
         self.model.save(self.path.with_suffix(".zip"))  # the latest model, for analyses after the run
-        keys = sorted(
-            {key for r in self.rows for key in r}, key=lambda k: (k not in self.rows[0], list(row).index(k) if k in row else 0)
-        )
+        keys = list(dict.fromkeys(key for r in self.rows for key in r))  # columns in first-seen order
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.path, "w", newline="") as file:
             writer = csv.DictWriter(file, fieldnames=keys)
