@@ -161,6 +161,7 @@ def test_actor_steps_set_the_actor_learning_rate_and_are_saved(tmp_path):
         (dict(q_weight_scale=float("nan")), "q_weight_scale"),
         (dict(target_entropy="high"), "target_entropy"),
         (dict(actor_lr_decay_steps=-1), "actor_lr_decay_steps"),
+        (dict(n_target_candidates=0), "n_target_candidates"),
     ],
 )
 def test_sdac_rejects_bad_arguments(kwargs, match):
@@ -173,3 +174,26 @@ def test_lambda_can_be_fixed():
     model.learn(15)
     assert model.lambda_ == pytest.approx(5.0) and model.lambda_optimizer is None
     assert np.isfinite(model.logger.name_to_value["train/critic_loss"])
+
+
+@pytest.mark.parametrize("n_target_candidates", [None, 1])
+def test_target_candidates(n_target_candidates, monkeypatch, tmp_path):
+    # Default: one merged best-of-K chain of 2B states on actor steps, K for the TD target otherwise.
+    # n_target_candidates=1: the TD target's a' from one actor sample, the actor's own choice still best-of-K.
+    model = tiny_sdac(n_candidates=3, n_target_candidates=n_target_candidates, learning_starts=20)
+    model.learn(20)
+    calls = []
+    best_of_k = model.policy.best_of_k
+
+    def recording(obs, n_candidates, **kwargs):
+        calls.append((obs.shape[0], n_candidates))
+        return best_of_k(obs, n_candidates, **kwargs)
+
+    monkeypatch.setattr(model.policy, "best_of_k", recording)
+    model.train(gradient_steps=2, batch_size=8)  # an actor step, then a critic-only step
+    if n_target_candidates is None:
+        assert calls == [(16, 3), (8, 3)]
+    else:
+        assert calls == [(8, 1), (8, 3), (8, 1)]
+    model.save(tmp_path / "model.zip")
+    assert SDAC.load(tmp_path / "model.zip").n_target_candidates == n_target_candidates

@@ -78,6 +78,10 @@ class SDAC(DiffusionOffPolicyAlgorithm):
     :param n_steps: When n_step > 1, uses n-step return (with the NStepReplayBuffer) when updating the Q-value network.
     :param n_candidates: Candidates K of every best-of-K choice (TD target, the policy action of the actor
         update, and, unless set in ``policy_kwargs``, acting and evaluation)
+    :param n_target_candidates: An option: candidates of the best-of-K choice of the TD target's ``a'``
+        only. ``None`` (default, the official setting) uses ``n_candidates``. A smaller K_t (1: one
+        actor sample) lowers the overestimation that the maximum over candidates scored by noisy critics
+        adds to the target (docs/learning.md)
     :param n_reverse_samples: Samples of ``a_0`` per state drawn from the reverse kernel in the actor update
     :param reward_scale: Factor on the rewards in the TD target
     :param policy_delay: The actor, the EMA actor and the critic targets are updated every ``policy_delay`` updates
@@ -133,6 +137,7 @@ class SDAC(DiffusionOffPolicyAlgorithm):
         optimize_memory_usage: bool = False,
         n_steps: int = 1,
         n_candidates: int = 32,
+        n_target_candidates: int | None = None,
         n_reverse_samples: int = 64,
         reward_scale: float = 0.2,
         policy_delay: int = 2,
@@ -158,6 +163,7 @@ class SDAC(DiffusionOffPolicyAlgorithm):
     ):
         self._check_common_args(batch_size, tau, gamma, buffer_size, learning_starts)
         self.n_candidates = check_int("n_candidates", n_candidates)
+        self.n_target_candidates = None if n_target_candidates is None else check_int("n_target_candidates", n_target_candidates)
         self.n_reverse_samples = check_int("n_reverse_samples", n_reverse_samples)
         self.reward_scale = check_float("reward_scale", reward_scale)
         self.policy_delay = check_int("policy_delay", policy_delay)
@@ -298,13 +304,19 @@ class SDAC(DiffusionOffPolicyAlgorithm):
         """
         The best-of-K choices of one update, from the online actor and critics with exploration noise:
         ``a'`` at the next states (TD target) and, on an actor step, the policy actions ``a`` at the
-        states (the actor's regression). Both as one merged chain of 2B states, faster than two of B.
+        states (the actor's regression). When both use K candidates, one merged chain of 2B states, faster
+        than two of B.
 
         :return: ``(next_actions, policy_actions)``; ``policy_actions`` is None unless ``actor_step``
         """
-        if not actor_step:
-            next_actions = self.policy.best_of_k(replay_data.next_observations, self.n_candidates)
-            return self.policy.add_exploration_noise(next_actions, noise_std), None
+        n_target = self.n_candidates if self.n_target_candidates is None else self.n_target_candidates
+        if not actor_step or n_target != self.n_candidates:
+            next_actions = self.policy.best_of_k(replay_data.next_observations, n_target)
+            next_actions = self.policy.add_exploration_noise(next_actions, noise_std)
+            if not actor_step:
+                return next_actions, None
+            best = self.policy.best_of_k(replay_data.observations, self.n_candidates)
+            return next_actions, self.policy.add_exploration_noise(best, noise_std)
         states = th.cat([replay_data.next_observations, replay_data.observations])
         best = self.policy.add_exploration_noise(self.policy.best_of_k(states, self.n_candidates), noise_std)
         next_actions, policy_actions = best.split(replay_data.observations.shape[0])
