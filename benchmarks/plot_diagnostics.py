@@ -25,6 +25,9 @@ PANELS = [
     ("cand_action_std", "std of 32 sampled actions per state"),
     ("weight_ess", "SDAC: effective sample size of the weights"),
     ("corr_obs0", "corr(deterministic action, cart position)"),
+    ("det_action_edge", "deterministic actions beyond 0.95 of the box"),
+    ("critic_loss", "critic TD loss (scaled rewards for SDAC)"),
+    ("q_det_minus_q_data", "Q(deterministic action) - Q(replay action) (scaled for SDAC)"),
 ]
 
 
