@@ -153,7 +153,8 @@ def final_scores(runs: list[dict[str, str]], reps: int = 2000, seed: int = 0) ->
 
 def markdown_table(rows: list[dict[str, Any]]) -> str:
     lines = [
-        "| task | algorithm | budget (steps) | seeds | score per seed | mean +- std | IQM [95% CI] | wall / CPU s per run (median) | hyperparameters |",
+        "| task | algorithm | budget (steps) | seeds | score per seed | mean +- std | IQM [95% CI] "
+        "| wall / CPU s per run (median) | hyperparameters |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
@@ -177,7 +178,7 @@ def plot_curves(rows: list[dict[str, Any]], path: Path) -> None:
 
     envs = sorted({r["env"] for r in rows})
     fig, axes = plt.subplots(1, len(envs), figsize=(4.8 * len(envs), 3.8), constrained_layout=True, squeeze=False)
-    for ax, env in zip(axes[0], envs):
+    for ax, env in zip(axes[0], envs, strict=True):
         for algo in sorted({r["algo"] for r in rows if r["env"] == env}):
             points = [r for r in rows if r["env"] == env and r["algo"] == algo]
             x = np.array([p["timestep"] for p in points])

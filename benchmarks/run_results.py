@@ -283,7 +283,7 @@ def merged_evaluations(folder: Path, state: dict[str, Any]) -> dict[str, np.ndar
             timesteps, results, lengths = data["timesteps"], data["results"], data["ep_lengths"]
         except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
             continue  # written while the run was killed: the segment's evaluations are lost
-        for step, result, length in zip(timesteps, results, lengths):
+        for step, result, length in zip(timesteps, results, lengths, strict=False):
             if int(step) > start:
                 rows[int(step)] = (np.asarray(result, dtype=float), np.asarray(length, dtype=float))
     steps = sorted(rows)
@@ -348,10 +348,8 @@ def plan_run(spec: RunSpec, log_folder: Path, check=readable) -> Plan:
     state = read_state(folder)
     if state is not None and state["spec"] != spec.key():
         differences = {k: (state["spec"].get(k), v) for k, v in spec.key().items() if state["spec"].get(k) != v}
-        raise SystemExit(
-            f"{folder} holds a run with another spec ({', '.join(f'{k}: {old} there, {new} asked' for k, (old, new) in differences.items())}); "
-            "use another --log-folder"
-        )
+        listed = ", ".join(f"{k}: {old} there, {new} asked" for k, (old, new) in differences.items())
+        raise SystemExit(f"{folder} holds a run with another spec ({listed}); use another --log-folder")
     if is_complete(folder, spec, state):
         return Plan(spec, folder, "skip")
     if state is None:
@@ -389,7 +387,9 @@ def end_segment(plan: Plan, state: dict[str, Any], returncode: int, wall: float,
     complete = returncode == 0
     if complete:
         evaluations = merged_evaluations(plan.folder, state)
-        complete = len(evaluations["timesteps"]) > 0 and evaluations["timesteps"][-1] >= last_expected_eval(plan.spec, plan.spec.n_envs)
+        complete = len(evaluations["timesteps"]) > 0 and evaluations["timesteps"][-1] >= last_expected_eval(
+            plan.spec, plan.spec.n_envs
+        )
     state["status"] = "complete" if complete else f"failed (exit code {returncode})" if returncode else "incomplete"
     write_state(plan.folder, state)
 
@@ -412,17 +412,26 @@ class Runner:
         env["MKL_NUM_THREADS"] = "1"
         return env
 
+    def _child_setup(self) -> None:
+        # A pipeline started in the background of a script ignores SIGINT, and its children would inherit
+        # that: they must take SIGINT as RL Zoo expects (it saves the model on KeyboardInterrupt)
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        if self.nice:
+            os.nice(self.nice)
+
     def launch(self, plan: Plan) -> None:
         save_freq = self.save_freq or plan.spec.eval_freq
         command, state = begin_segment(plan, save_freq)
         if plan.spec.conf is not None:
             write_conf(plan.spec)
         log = open(plan.folder / f"segment_{len(state['segments'])}.log", "w")
-        print(f"[{time.strftime('%H:%M:%S')}] {plan.action} {plan.spec.algo} {plan.spec.env} seed {plan.spec.seed}"
-              + (f" from step {plan.checkpoint[0]}" if plan.action == "resume" and plan.checkpoint else ""), flush=True)
+        print(
+            f"[{time.strftime('%H:%M:%S')}] {plan.action} {plan.spec.algo} {plan.spec.env} seed {plan.spec.seed}"
+            + (f" from step {plan.checkpoint[0]}" if plan.action == "resume" and plan.checkpoint else ""),
+            flush=True,
+        )
         process = subprocess.Popen(
-            command, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, env=self._environment(),
-            preexec_fn=(lambda: os.nice(self.nice)) if self.nice else None,
+            command, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, env=self._environment(), preexec_fn=self._child_setup,
         )  # fmt: skip
         log.close()
         self.running[process.pid] = (plan, state, process, time.time())
@@ -438,8 +447,11 @@ class Runner:
             del self.running[pid]
             end_segment(plan, state, process.returncode, time.time() - started, usage.ru_utime + usage.ru_stime)
             prune_checkpoints(plan.folder, plan.spec, self.keep)
-            print(f"[{time.strftime('%H:%M:%S')}] {plan.spec.algo} {plan.spec.env} seed {plan.spec.seed}: "
-                  f"{read_state(plan.folder)['status']} ({time.time() - started:.0f} s)", flush=True)
+            print(
+                f"[{time.strftime('%H:%M:%S')}] {plan.spec.algo} {plan.spec.env} seed {plan.spec.seed}: "
+                f"{read_state(plan.folder)['status']} ({time.time() - started:.0f} s)",
+                flush=True,
+            )
 
     def run(self, plans: list[Plan]) -> None:
         queue = [plan for plan in plans if plan.action != "skip"]
@@ -455,9 +467,9 @@ class Runner:
 
     def stop(self) -> None:
         """Interrupt the running commands (RL Zoo saves the model on an interrupt); they resume later."""
-        for plan, state, process, started in self.running.values():
+        for _, _, process, _ in self.running.values():
             process.send_signal(signal.SIGINT)
-        for pid, (plan, state, process, started) in list(self.running.items()):
+        for plan, state, process, started in list(self.running.values()):
             try:
                 process.wait(timeout=60)
             except subprocess.TimeoutExpired:
@@ -501,7 +513,7 @@ def gather(log_folder: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]]
                     "return_std": float(episode_returns.std()),
                     "return_min": float(episode_returns.min()),
                     "return_max": float(episode_returns.max()),
-                    "episodes": int(len(episode_returns)),
+                    "episodes": len(episode_returns),
                     "ep_length_mean": float(np.nanmean(lengths)),
                 }
             )
@@ -564,6 +576,10 @@ def parse_params(items: list[str], algos: list[str]) -> dict[str, dict[str, str]
     return result
 
 
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--algos", nargs="+", default=["sdac", "qvpo", "sac", "td3", "tqc", "crossq"])
@@ -582,6 +598,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--gather-only", action="store_true")
     parser.add_argument("--dry-run", action="store_true", help="print the plan and the commands, run nothing")
     args = parser.parse_args(argv)
+    signal.signal(signal.SIGTERM, _interrupt)  # kill PID: the runs are interrupted as by Ctrl-C, then resumable
 
     if not args.gather_only:
         if args.steps is None:
@@ -593,18 +610,42 @@ def main(argv: list[str] | None = None) -> None:
             for seed in args.seeds:
                 for algo in args.algos:
                     folder = run_dir(args.log_folder, RunSpec(algo, env, seed, args.steps, eval_freq, args.eval_episodes))
-                    spec = make_spec(algo, env, seed, args.steps, eval_freq, args.eval_episodes, params[algo], folder.resolve(), not args.no_v4_entries)
+                    spec = make_spec(
+                        algo,
+                        env,
+                        seed,
+                        args.steps,
+                        eval_freq,
+                        args.eval_episodes,
+                        params[algo],
+                        folder.resolve(),
+                        not args.no_v4_entries,
+                    )
                     plans.append(plan_run(spec, args.log_folder.resolve()))
         for plan in plans:
             where = f" from step {plan.checkpoint[0]}" if plan.action == "resume" and plan.checkpoint else ""
-            print(f"{plan.action:>6} {plan.spec.algo:>6} {plan.spec.env} seed {plan.spec.seed}{where}  [{plan.spec.hyperparams}]")
+            print(
+                f"{plan.action:>6} {plan.spec.algo:>6} {plan.spec.env} seed {plan.spec.seed}{where}  [{plan.spec.hyperparams}]"
+            )
             if args.dry_run and plan.action != "skip":
-                print("       " + shlex.join(zoo_command(plan.spec, plan.folder, args.save_freq or eval_freq, plan.checkpoint[1] if plan.checkpoint else None)))
+                print(
+                    "       "
+                    + shlex.join(
+                        zoo_command(
+                            plan.spec,
+                            plan.folder,
+                            args.save_freq or eval_freq,
+                            plan.checkpoint[1] if plan.checkpoint else None,
+                        )
+                    )
+                )
         if not args.dry_run:
             Runner(args.jobs, args.save_freq, args.keep_checkpoints, args.nice).run(plans)
     if not args.dry_run:
         eval_rows, run_rows = gather(args.log_folder)
-        print(f"gathered {len(run_rows)} runs, {len(eval_rows)} evaluations into {args.log_folder}/evaluations.csv and runs.csv")
+        print(
+            f"gathered {len(run_rows)} runs, {len(eval_rows)} evaluations into {args.log_folder}/evaluations.csv and runs.csv"
+        )
 
 
 if __name__ == "__main__":

@@ -86,7 +86,7 @@ def patch() -> None:
         base = type(model)
 
         class Continued(base):  # type: ignore[misc, valid-type]
-            def learn(self_, total_timesteps: int, **kwargs: Any) -> Any:  # noqa: N805
+            def learn(self_, total_timesteps: int, **kwargs: Any) -> Any:
                 kwargs["reset_num_timesteps"] = False
                 return base.learn(self_, total - self_.num_timesteps, **kwargs)
 

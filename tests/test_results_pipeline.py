@@ -28,7 +28,9 @@ def spec(algo="sac", env="Pendulum-v1", seed=0, steps=1000, eval_freq=200, **kwa
 def write_evaluations(folder: Path, timesteps, returns) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     results = np.array([[r, r + 1.0] for r in returns])
-    np.savez(folder / "evaluations.npz", timesteps=np.array(timesteps), results=results, ep_lengths=np.full(results.shape, 200))
+    np.savez(
+        folder / "evaluations.npz", timesteps=np.array(timesteps), results=results, ep_lengths=np.full(results.shape, 200)
+    )
 
 
 def write_checkpoint(folder: Path, step: int, truncated: bool = False, buffer: bool = True) -> Path:
@@ -52,7 +54,9 @@ def make_run(log: Path, run: RunSpec, segments, status="running") -> Path:
     for i, (start, timesteps, returns) in enumerate(segments, start=1):
         zoo = Path(run.algo) / f"{run.env}_{i}"
         write_evaluations(folder / zoo, timesteps, returns)
-        state["segments"].append({"zoo_folder": str(zoo), "start": start, "command": "python -m rl_zoo3.train ...", "wall_s": 10.0, "cpu_s": 8.0})
+        state["segments"].append(
+            {"zoo_folder": str(zoo), "start": start, "command": "python -m rl_zoo3.train ...", "wall_s": 10.0, "cpu_s": 8.0}
+        )
     run_results.write_state(folder, state)
     return folder
 
@@ -175,7 +179,13 @@ def test_runner_runs_in_parallel_records_segments_and_gathers(tmp_path, monkeypa
 
     eval_rows, run_rows = run_results.gather(tmp_path)
     resumed = [r for r in eval_rows if r["algo"] == "sac" and r["seed"] == 1]
-    assert [(r["timestep"], r["return_mean"]) for r in resumed] == [(200, 7.5), (400, 7.5), (600, 600), (800, 800), (1000, 1000)]
+    assert [(r["timestep"], r["return_mean"]) for r in resumed] == [
+        (200, 7.5),
+        (400, 7.5),
+        (600, 600),
+        (800, 800),
+        (1000, 1000),
+    ]
     row = next(r for r in run_rows if r["algo"] == "sac" and r["seed"] == 1)
     assert row["segments"] == 2 and row["final_return"] == 1000 and row["status"] == "complete"
     assert row["hyperparams"] == "" and row["cpu_s"] >= 0
@@ -210,7 +220,10 @@ def test_curves_and_final_scores_tables(tmp_path):
         for t in (10, 20)
     ]
     rows = plot_results.curves(evaluations)
-    assert [(r["timestep"], r["seeds"], r["mean"], r["min"], r["max"]) for r in rows] == [(10, 3, 20.0, 10.0, 30.0), (20, 3, 40.0, 20.0, 60.0)]
+    assert [(r["timestep"], r["seeds"], r["mean"], r["min"], r["max"]) for r in rows] == [
+        (10, 3, 20.0, 10.0, 30.0),
+        (20, 3, 40.0, 20.0, 60.0),
+    ]
     assert rows[0]["band_low"] == pytest.approx(20 - 10 / np.sqrt(3), abs=1e-3)
     runs = [
         {"env": "E", "algo": "a", "seed": str(s), "steps": "20", "status": "complete", "final_return": str(20.0 * (s + 1)),
@@ -220,7 +233,9 @@ def test_curves_and_final_scores_tables(tmp_path):
     (score,) = plot_results.final_scores(runs, reps=200)
     assert score["scores"] == "20.0 40.0 60.0" and score["mean"] == 40.0 and score["iqm"] == 40.0 and score["std"] == 20.0
     assert 20.0 <= score["iqm_ci_low"] < 40.0 < score["iqm_ci_high"] <= 60.0 and score["complete"] == "3/3"
-    assert "| E | a | 20 | 0 1 2 (3/3 complete) | 20.0 40.0 60.0 | 40.0 +- 20.0 | 40.0 [" in plot_results.markdown_table([score])
+    assert "| E | a | 20 | 0 1 2 (3/3 complete) | 20.0 40.0 60.0 | 40.0 +- 20.0 | 40.0 [" in plot_results.markdown_table(
+        [score]
+    )
     plot_results.plot_curves(rows, tmp_path / "curves.png")
     assert (tmp_path / "curves.png").stat().st_size > 0
 
