@@ -1,0 +1,237 @@
+"""
+Figures and tables of the results pipeline (``benchmarks/run_results.py``), from its
+``evaluations.csv`` and ``runs.csv``:
+
+    python benchmarks/plot_results.py --log-folder results/logs --out docs/figures/results
+
+writes, in ``--out``:
+
+- ``learning_curves.png``: one panel per task, one line per algorithm: the mean over seeds of each
+  evaluation's mean return, with a band of one standard error; ``learning_curves.csv`` holds every
+  point and band edge drawn (and the seeds' min and max);
+- ``final_scores.csv`` and ``final_scores.md``: per task and algorithm the score of each run (the mean
+  return of its last evaluation), their mean and standard deviation, the interquartile mean (IQM) with
+  a 95% stratified-bootstrap interval, the budget, and the median wall and CPU time per run;
+- with ``--zoo-plots``: also RL Zoo's own plot (``rl_zoo3.plots.all_plots`` on the pipeline's
+  ``zoo_view``, then ``rl_zoo3.plots.plot_from_file``), ``zoo_<env>.png``; it needs ``seaborn`` and
+  ``pytablewriter`` (the ``benchmarks`` extra).
+
+**IQM and its interval are computed here with numpy**, not with rliable: rliable's dependency
+``arch`` fails at import with pandas 3.1 (a ``TypeError`` in its ``deprecate_kwarg``). The definitions
+follow rliable's (Agarwal et al., 2021): the IQM is the mean of the scores left after cutting
+``floor(n / 4)`` from each end of the sorted scores (scipy's ``trim_mean(x, 0.25)``, which rliable uses;
+with 3 seeds nothing is cut and the IQM is the mean); the interval is the percentile interval of the IQM
+over ``--reps`` bootstrap resamples that draw runs with replacement within each task (stratified), so
+every resample keeps each task's number of runs. Over one task that is the ordinary bootstrap over seeds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import subprocess
+import sys
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+# ------------------------------------------------------------------------------------------ statistics
+
+
+def iqm(scores: np.ndarray, axis: int | None = None) -> Any:
+    """Interquartile mean: the mean after cutting floor(n / 4) of the sorted scores from each end."""
+    values = np.asarray(scores, dtype=float)
+    if axis is None:
+        values, axis = values.ravel(), 0
+    values = np.sort(values, axis=axis)
+    n = values.shape[axis]
+    cut = n // 4
+    return np.take(values, np.arange(cut, n - cut), axis=axis).mean(axis=axis)
+
+
+def stratified_bootstrap_ci(
+    scores_by_task: list[np.ndarray], statistic=iqm, reps: int = 2000, confidence: float = 0.95, seed: int = 0
+) -> tuple[float, float, float]:
+    """
+    ``statistic`` over the runs of all tasks together, and its percentile interval over ``reps``
+    resamples that draw, for each task separately, as many runs as it has, with replacement.
+
+    :return: (point estimate, lower end, upper end)
+    """
+    rng = np.random.default_rng(seed)
+    tasks = [np.asarray(s, dtype=float) for s in scores_by_task if len(s)]
+    if not tasks:
+        return float("nan"), float("nan"), float("nan")
+    point = float(statistic(np.concatenate(tasks)))
+    resampled = np.concatenate([task[rng.integers(0, len(task), size=(reps, len(task)))] for task in tasks], axis=1)
+    values = np.asarray(statistic(resampled, axis=1))
+    alpha = (1 - confidence) / 2
+    low, high = np.quantile(values, [alpha, 1 - alpha])
+    return point, float(low), float(high)
+
+
+# ------------------------------------------------------------------------------------------------ data
+
+
+def read_csv(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="") as file:
+        return list(csv.DictReader(file))
+
+
+def write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
+    fields: list[str] = []
+    for row in rows:
+        fields += [key for key in row if key not in fields]
+    with open(path, "w", newline="") as file:
+        writer = csv.DictWriter(file, fieldnames=fields)
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def curves(evaluations: list[dict[str, str]]) -> list[dict[str, Any]]:
+    """Per task, algorithm and evaluation step: the statistics over seeds of the evaluation means."""
+    by_point: dict[tuple[str, str, int], list[float]] = defaultdict(list)
+    for row in evaluations:
+        by_point[(row["env"], row["algo"], int(row["timestep"]))].append(float(row["return_mean"]))
+    rows = []
+    for (env, algo, step), values in sorted(by_point.items()):
+        values_ = np.array(values)
+        error = values_.std(ddof=1) / np.sqrt(len(values_)) if len(values_) > 1 else 0.0
+        mean = values_.mean()
+        rows.append(
+            {
+                "env": env,
+                "algo": algo,
+                "timestep": step,
+                "seeds": len(values_),
+                "mean": round(float(mean), 3),
+                "std_error": round(float(error), 3),
+                "band_low": round(float(mean - error), 3),
+                "band_high": round(float(mean + error), 3),
+                "min": round(float(values_.min()), 3),
+                "max": round(float(values_.max()), 3),
+            }
+        )
+    return rows
+
+
+def final_scores(runs: list[dict[str, str]], reps: int = 2000, seed: int = 0) -> list[dict[str, Any]]:
+    """One row per task and algorithm: scores of its runs (last evaluation), mean, std, IQM [95% CI]."""
+    groups: dict[tuple[str, str], list[dict[str, str]]] = defaultdict(list)
+    for run in runs:
+        groups[(run["env"], run["algo"])].append(run)
+    rows = []
+    for (env, algo), members in sorted(groups.items()):
+        members = sorted(members, key=lambda r: int(r["seed"]))
+        scores = np.array([float(r["final_return"]) for r in members])
+        valid = scores[np.isfinite(scores)]
+        point, low, high = stratified_bootstrap_ci([valid], reps=reps, seed=seed)
+        complete = [r for r in members if r["status"] == "complete"]
+        rows.append(
+            {
+                "env": env,
+                "algo": algo,
+                "budget": members[0]["steps"],
+                "seeds": " ".join(r["seed"] for r in members),
+                "complete": f"{len(complete)}/{len(members)}",
+                "scores": " ".join(f"{s:.1f}" for s in scores),
+                "mean": round(float(valid.mean()), 1) if len(valid) else float("nan"),
+                "std": round(float(valid.std(ddof=1)), 1) if len(valid) > 1 else float("nan"),
+                "iqm": round(point, 1),
+                "iqm_ci_low": round(low, 1),
+                "iqm_ci_high": round(high, 1),
+                "wall_s_median": round(float(np.median([float(r["wall_s"]) for r in members])), 0),
+                "cpu_s_median": round(float(np.median([float(r["cpu_s"]) for r in members])), 0),
+                "hyperparams": members[0]["hyperparams"],
+                "params": members[0]["params"],
+            }
+        )
+    return rows
+
+
+def markdown_table(rows: list[dict[str, Any]]) -> str:
+    lines = [
+        "| task | algorithm | budget (steps) | seeds | score per seed | mean +- std | IQM [95% CI] "
+        "| wall / CPU s per run (median) | hyperparameters |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        hyper = r["hyperparams"] + (f"; changed: {r['params']}" if r["params"] else "")
+        lines.append(
+            f"| {r['env']} | {r['algo']} | {r['budget']} | {r['seeds']} ({r['complete']} complete) | {r['scores']} | "
+            f"{r['mean']} +- {r['std']} | {r['iqm']} [{r['iqm_ci_low']}, {r['iqm_ci_high']}] | "
+            f"{r['wall_s_median']:.0f} / {r['cpu_s_median']:.0f} | {hyper} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+# ---------------------------------------------------------------------------------------------- figures
+
+
+def plot_curves(rows: list[dict[str, Any]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    envs = sorted({r["env"] for r in rows})
+    fig, axes = plt.subplots(1, len(envs), figsize=(4.8 * len(envs), 3.8), constrained_layout=True, squeeze=False)
+    for ax, env in zip(axes[0], envs, strict=True):
+        for algo in sorted({r["algo"] for r in rows if r["env"] == env}):
+            points = [r for r in rows if r["env"] == env and r["algo"] == algo]
+            x = np.array([p["timestep"] for p in points])
+            seeds = max(p["seeds"] for p in points)
+            ax.plot(x, [p["mean"] for p in points], label=f"{algo.upper()} ({seeds} seeds)", linewidth=2)
+            ax.fill_between(x, [p["band_low"] for p in points], [p["band_high"] for p in points], alpha=0.25)
+        ax.set_title(env)
+        ax.set_xlabel("environment steps")
+        ax.set_ylabel("evaluation return (mean over seeds)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+
+
+def zoo_plots(log_folder: Path, out: Path, algos: list[str], envs: list[str]) -> None:
+    """RL Zoo's own plotting on the pipeline's zoo_view (needs seaborn and pytablewriter)."""
+    for env in envs:
+        pickle = out / f"zoo_{env}"
+        subprocess.run(
+            [sys.executable, "-m", "rl_zoo3.plots.all_plots", "-a", *algos, "-e", env, "-f", str(log_folder / "zoo_view"),
+             "-l", "pipeline", "--no-million", "--no-display", "-o", str(pickle)],
+            check=True,
+        )  # fmt: skip
+        subprocess.run(
+            [sys.executable, "-m", "rl_zoo3.plots.plot_from_file", "-i", f"{pickle}.pkl", "--no-million",
+             "-o", str(out / f"zoo_{env}.png"), "--format", "png"],
+            check=True,
+        )  # fmt: skip
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--log-folder", type=Path, default=Path("results/logs"))
+    parser.add_argument("--out", type=Path, default=None, help="default: the log folder")
+    parser.add_argument("--reps", type=int, default=2000, help="bootstrap resamples")
+    parser.add_argument("--zoo-plots", action="store_true")
+    args = parser.parse_args(argv)
+    out = args.out or args.log_folder
+    out.mkdir(parents=True, exist_ok=True)
+    evaluations = read_csv(args.log_folder / "evaluations.csv")
+    runs = read_csv(args.log_folder / "runs.csv")
+    curve_rows = curves(evaluations)
+    write_csv(out / "learning_curves.csv", curve_rows)
+    plot_curves(curve_rows, out / "learning_curves.png")
+    score_rows = final_scores(runs, reps=args.reps)
+    write_csv(out / "final_scores.csv", score_rows)
+    (out / "final_scores.md").write_text(markdown_table(score_rows))
+    print(markdown_table(score_rows))
+    if args.zoo_plots:
+        zoo_plots(args.log_folder, out, sorted({r["algo"] for r in runs}), sorted({r["env"] for r in runs}))
+    print(f"wrote {out}/learning_curves.png, learning_curves.csv, final_scores.csv, final_scores.md")
+
+
+if __name__ == "__main__":
+    main()
