@@ -3,6 +3,8 @@ Plot the CSVs written by ``diagnose_learning.py``: one panel per diagnostic, one
 
     python benchmarks/plot_diagnostics.py docs/results/inverted_pendulum/*.csv \
         --out docs/figures/inverted_pendulum_diagnostics.png
+    python benchmarks/plot_diagnostics.py docs/results/hopper/*.csv --panels eval_mean train_return_recent \
+        --out docs/figures/hopper_10k.png
 
 A run's label is its file name without ``.csv``; runs whose names differ only in ``_s<seed>`` share
 a colour.
@@ -20,6 +22,7 @@ import pandas as pd
 
 PANELS = [
     ("eval_mean", "deterministic return (5 episodes)"),
+    ("train_return_recent", "training episode return (last 20)"),
     ("eval_end_abs_obs0", "|cart position| when an evaluation ends"),
     ("cand_edge", "sampled actions beyond 0.95 of the box"),
     ("cand_action_std", "std of 32 sampled actions per state"),
@@ -36,12 +39,18 @@ def main() -> None:
     parser.add_argument("csvs", nargs="+")
     parser.add_argument("--out", required=True)
     parser.add_argument("--title", default="")
+    parser.add_argument("--panels", nargs="+", default=None, help="columns to plot (default: every known diagnostic present)")
     args = parser.parse_args()
     runs = {Path(path).stem: pd.read_csv(path) for path in args.csvs}
     groups = sorted({re.sub(r"_s\d+$", "", name) for name in runs})
     colours = {group: f"C{i}" for i, group in enumerate(groups)}
     panels = [(key, label) for key, label in PANELS if any(key in frame for frame in runs.values())]
-    columns = 3
+    if args.panels:
+        unknown = set(args.panels) - {key for key, _ in PANELS}
+        if unknown:
+            parser.error(f"unknown panels {sorted(unknown)}: choose from {[key for key, _ in PANELS]}")
+        panels = [(key, label) for key, label in panels if key in args.panels]
+    columns = min(3, len(panels))
     rows = (len(panels) + columns - 1) // columns
     fig, axes = plt.subplots(rows, columns, figsize=(5 * columns, 3.4 * rows), squeeze=False)
     for ax, (key, label) in zip(axes.flat, panels, strict=False):
