@@ -163,7 +163,9 @@ class SDAC(DiffusionOffPolicyAlgorithm):
     ):
         self._check_common_args(batch_size, tau, gamma, buffer_size, learning_starts)
         self.n_candidates = check_int("n_candidates", n_candidates)
-        self.n_target_candidates = None if n_target_candidates is None else check_int("n_target_candidates", n_target_candidates)
+        if n_target_candidates is not None:
+            n_target_candidates = check_int("n_target_candidates", n_target_candidates)
+        self.n_target_candidates = n_target_candidates
         self.n_reverse_samples = check_int("n_reverse_samples", n_reverse_samples)
         self.reward_scale = check_float("reward_scale", reward_scale)
         self.policy_delay = check_int("policy_delay", policy_delay)
