@@ -33,7 +33,6 @@ from sb3_diffusion.common import hot_path, kernels
 from sb3_diffusion.common.kernels import RowMLP
 from sb3_diffusion.common.networks import Mish, min_q
 from sb3_diffusion.sdac.policies import SDACPolicy
-from sb3_diffusion.zoo import CONVERTERS, SAMPLERS
 
 OBS_DIM, ACT_DIM = 5, 3
 HAS_COMPILER = any(shutil.which(compiler) for compiler in ("g++", "c++", "clang++"))
@@ -222,6 +221,8 @@ def test_precision_round_trips_through_save_and_load(cls, tmp_path, bf16_hardwar
 @pytest.mark.parametrize("algo", ["sdac", "qvpo"])
 def test_precision_is_searched_by_optuna(algo):
     import optuna
+
+    from sb3_diffusion.zoo.samplers import CONVERTERS, SAMPLERS
 
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
     seen = set()

@@ -265,9 +265,14 @@ class _OneDNN:
 
     def __init__(self) -> None:
         self.available = bool(th.backends.mkldnn.is_available() and hasattr(th.ops.mkldnn, "_linear_pointwise"))
+        try:  # oneDNN's bf16 kernels need AVX512 (torch computes bf16 without them, through other kernels)
+            self.bf16 = self.available and bool(th.ops.mkldnn._is_mkldnn_bf16_supported())
+        except Exception:  # pragma: no cover - depends on the build of torch
+            self.bf16 = False
 
     def usable(self, tensor: th.Tensor) -> bool:
-        return self.available and tensor.device.type == "cpu" and tensor.dtype in (th.float32, th.bfloat16)
+        dtype_ok = tensor.dtype == th.float32 or (tensor.dtype == th.bfloat16 and self.bf16)
+        return self.available and tensor.device.type == "cpu" and dtype_ok
 
     def linear(self, h: th.Tensor, weight: th.Tensor, bias: th.Tensor) -> th.Tensor | None:
         """``h @ weight.T + bias`` in a new tensor, or None (and never again) if oneDNN fails."""
