@@ -32,7 +32,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_updates import MATMUL_SHAPE, _cpu_bf16_flags, _loadavg, op_counter  # noqa: E402
+from bench_updates import MATMUL_SHAPE, _cpu_bf16_flags, _loadavg, op_counter
 
 OBS_DIM, ACT_DIM = 11, 3  # Hopper-v5
 
@@ -47,27 +47,29 @@ def rates(repeats: int) -> dict[str, dict[str, float]]:
     """Best matmul FLOP/s and best exact Mish elements/s per dtype, in process CPU time."""
     import torch as th
 
+    return {name: _rates(dtype, repeats) for name, dtype in (("fp32", th.float32), ("bf16", th.bfloat16))}
+
+
+def _rates(dtype: Any, repeats: int) -> dict[str, float]:
+    import torch as th
+
     from sb3_diffusion.common import kernels
 
     m, k, n = MATMUL_SHAPE
     generator = th.Generator().manual_seed(0)
-    a32, w32 = th.randn(m, k, generator=generator), th.randn(n, k, generator=generator)
-    result: dict[str, dict[str, float]] = {}
+    a, w = th.randn(m, k, generator=generator).to(dtype), th.randn(n, k, generator=generator).to(dtype)
+    out = th.empty(m, n, dtype=dtype)
+    matmuls = [lambda: th.mm(a, w.t(), out=out)]
     onednn = getattr(th.ops.mkldnn, "_linear_pointwise", None)
-    for name, dtype in (("fp32", th.float32), ("bf16", th.bfloat16)):
-        a, w = a32.to(dtype), w32.to(dtype)
-        out = th.empty(m, n, dtype=dtype)
-        matmuls = [lambda: th.mm(a, w.t(), out=out)]
-        if onednn is not None:
-            matmuls.append(lambda: onednn(a, w, None, "none", [], ""))
-        best = min(min(cpu_time(fn) for _ in range(repeats)) for fn in matmuls)
-        x, bias = a.clone(), th.zeros(k, dtype=dtype)
-        with th.inference_mode():
-            copy = min(cpu_time(lambda: x.copy_(a)) for _ in range(repeats))
-            kernels.COMPILED("bias_mish", x.copy_(a), bias)  # compile (or load) first
-            mish = min(cpu_time(lambda: kernels.COMPILED("bias_mish", x.copy_(a), bias)) for _ in range(repeats))
-        result[name] = dict(matmul=2.0 * m * k * n / best, mish=a.numel() / max(mish - copy, 1e-9))
-    return result
+    if onednn is not None:
+        matmuls.append(lambda: onednn(a, w, None, "none", [], ""))
+    best = min(min(cpu_time(fn) for _ in range(repeats)) for fn in matmuls)
+    x, bias = a.clone(), th.zeros(k, dtype=dtype)
+    with th.inference_mode():
+        copy = min(cpu_time(lambda: x.copy_(a)) for _ in range(repeats))
+        kernels.COMPILED("bias_mish", x.copy_(a), bias)  # compile (or load) first
+        mish = min(cpu_time(lambda: kernels.COMPILED("bias_mish", x.copy_(a), bias)) for _ in range(repeats))
+    return dict(matmul=2.0 * m * k * n / best, mish=a.numel() / max(mish - copy, 1e-9))
 
 
 def make_policies(algo: str) -> dict[str, Any]:
@@ -140,22 +142,29 @@ def main() -> None:
         times: dict[str, list[float]] = {"fp32": [], "bf16": []}
         for _ in range(args.repeats):  # interleaved: a changing load hits both alike
             for precision, policy in policies[algo].items():
-                times[precision].append(cpu_time(lambda policy=policy: op(policy, obs)))
+                times[precision].append(cpu_time(lambda policy=policy, op=op: op(policy, obs)))
         for precision in ("fp32", "bf16"):
             c = counts[precision]
             floor = (c.flops - c.flops_bf16) / measured["fp32"]["matmul"] + c.flops_bf16 / measured["bf16"]["matmul"]
-            floor += (c.activations - c.activations_bf16) / measured["fp32"]["mish"] + c.activations_bf16 / measured["bf16"]["mish"]
+            floor += (c.activations - c.activations_bf16) / measured["fp32"]["mish"] + c.activations_bf16 / measured["bf16"][
+                "mish"
+            ]
             seconds = statistics.median(times[precision])
             rows.append((name, precision, seconds, floor, c))
-    print(f"\n## Hot operations in fp32 and bf16 ({_cpu_bf16_flags()}; hardware bf16: {fast_bf16_available(th.device('cpu'))})\n")
-    print(f"Command: `python benchmarks/bench_precision.py --states {args.states} --repeats {args.repeats} --threads {args.threads}`  ")
+    print(
+        f"\n## Hot operations in fp32 and bf16 ({_cpu_bf16_flags()}; hardware bf16: {fast_bf16_available(th.device('cpu'))})\n"
+    )
+    command = f"--states {args.states} --repeats {args.repeats} --threads {args.threads}"
+    print(f"Command: `python benchmarks/bench_precision.py {command}`  ")
     print(f"torch {th.__version__}, {args.threads} thread(s), load average before / after: {load_before} / {_loadavg()}\n")
     for precision, values in measured.items():
         print(
             f"- {precision}: matmul {MATMUL_SHAPE[0]}x{MATMUL_SHAPE[1]} @ {MATMUL_SHAPE[1]}x{MATMUL_SHAPE[2]} "
             f"{values['matmul'] / 1e9:.0f} GFLOP/s, compiled bias+Mish {values['mish'] / 1e9:.2f} G elements/s (CPU time)"
         )
-    print("\n| operation | precision | CPU ms (median) | bf16 / fp32 time | matmul GFLOP (bf16 part) | Mish M elements (bf16 part) | floor ms | time / floor |")
+    columns = ["operation", "precision", "CPU ms (median)", "bf16 / fp32 time", "matmul GFLOP (bf16 part)"]
+    columns += ["Mish M elements (bf16 part)", "floor ms", "time / floor"]
+    print("\n| " + " | ".join(columns) + " |")
     print("|---|---|---|---|---|---|---|---|")
     fp32_times = {name: seconds for name, precision, seconds, _, _ in rows if precision == "fp32"}
     for name, precision, seconds, floor, c in rows:

@@ -417,9 +417,7 @@ def measure_algo(algo: str, env_id: str, args: argparse.Namespace, probes: Probe
         algo=algo,
         env=env_id,
         precision=precision if algo != "sac" else "fp32",
-        compute_dtype=(
-            str(model.policy.hot_path.compute_dtype(device)).replace("torch.", "") if algo != "sac" else "float32"
-        ),
+        compute_dtype=(str(model.policy.hot_path.compute_dtype(device)).replace("torch.", "") if algo != "sac" else "float32"),
         update_ms=1e3 * update,
         update_cpu_ms=1e3 * update_cpu,
         actor_update_ms=1e3 * medians["actor"],
@@ -516,7 +514,9 @@ def floor_seconds(count: dict[str, float], matmul_rates: dict[str, float], activ
     the matmul rate of its dtype, each activation element at the best Mish rate of its dtype.
     """
     flops_bf16, activations_bf16 = count.get("flops_bf16", 0.0), count.get("activations_bf16", 0.0)
-    seconds = (count["flops"] - flops_bf16) / matmul_rates["fp32"] + (count["activations"] - activations_bf16) / activation_rates["fp32"]
+    seconds = (count["flops"] - flops_bf16) / matmul_rates["fp32"] + (
+        count["activations"] - activations_bf16
+    ) / activation_rates["fp32"]
     if flops_bf16 or activations_bf16:
         seconds += flops_bf16 / matmul_rates["bf16"] + activations_bf16 / activation_rates["bf16"]
     return seconds
@@ -621,7 +621,9 @@ def print_report(args: argparse.Namespace, runs: list[dict[str, Any]], load_befo
         cells = [
             env_id.split("-")[0],
             algo.upper() if algo != "sac" else "SB3 SAC",
-            precision if result.get("compute_dtype", "float32") != "float32" or precision == "fp32" else f"{precision} (ran fp32)",
+            precision
+            if result.get("compute_dtype", "float32") != "float32" or precision == "fp32"
+            else f"{precision} (ran fp32)",
             f"{fmt(result['update_ms'])}; {fmt(result['update_cpu_ms'])}",
             speed_up,
             fmt(result["actor_update_ms"]) if result["policy_delay"] > 1 else "same",

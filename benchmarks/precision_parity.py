@@ -74,7 +74,9 @@ def run_one(algo: str, task: str, seed: int, precision: str) -> dict[str, Any]:
         n_timesteps, config = _pendulum_config(algo)
         config["policy_kwargs"] = {**config.get("policy_kwargs", {}), "precision": precision}
         model = cls("MlpPolicy", "Pendulum-v1", seed=seed, **config).learn(n_timesteps)
-        mean_return, std_return = evaluate_policy(model, make_vec_env("Pendulum-v1", n_envs=1, seed=100 + seed), n_eval_episodes=10)
+        mean_return, std_return = evaluate_policy(
+            model, make_vec_env("Pendulum-v1", n_envs=1, seed=100 + seed), n_eval_episodes=10
+        )
         result.update(mean_return=float(mean_return), std_return=float(std_return), steps=n_timesteps)
     else:
         raise ValueError(f"Unknown task {task!r}")
@@ -97,12 +99,18 @@ def summarize(path: str) -> None:
 
     print("| task | algorithm | precision | seeds | result per seed | mean +- std | wall s (mean) | CPU s (mean) |")
     print("|---|---|---|---|---|---|---|---|")
-    for (task, algo, precision), runs in sorted(groups.items(), key=lambda item: (item[0][0], item[0][1], PRECISIONS.index(item[0][2]))):
+    for (task, algo, precision), runs in sorted(
+        groups.items(), key=lambda item: (item[0][0], item[0][1], PRECISIONS.index(item[0][2]))
+    ):
         runs = sorted(runs, key=lambda run: run["seed"])
         seeds = ", ".join(str(run["seed"]) for run in runs)
         if task == "bandit":
-            per_seed = " / ".join(f"{run['action']:.2f}{' (hit)' if run['hit'] else ''}, {run['mass_at_peak']:.2f}" for run in runs)
-            summary = f"{sum(run['hit'] for run in runs)}/{len(runs)} hits; mass {spread([run['mass_at_peak'] for run in runs], 2)}"
+            per_seed = " / ".join(
+                f"{run['action']:.2f}{' (hit)' if run['hit'] else ''}, {run['mass_at_peak']:.2f}" for run in runs
+            )
+            summary = (
+                f"{sum(run['hit'] for run in runs)}/{len(runs)} hits; mass {spread([run['mass_at_peak'] for run in runs], 2)}"
+            )
         else:
             per_seed = " / ".join(f"{run['mean_return']:.0f}" for run in runs)
             summary = spread([run["mean_return"] for run in runs])

@@ -446,7 +446,12 @@ def test_sampler_merges_and_pins():
     assert "batch_size" not in hyperparams and "actor_lr_final" not in hyperparams
     net_arch = CONVERTERS["sdac"]({"net_arch": trial.params["net_arch"]})["policy_kwargs"]["net_arch"]
     precision = trial.params["precision"]
-    assert hyperparams["policy_kwargs"] == {"init_noise_scale": 0.7, "diffusion_steps": 3, "net_arch": net_arch, "precision": precision}
+    assert hyperparams["policy_kwargs"] == {
+        "init_noise_scale": 0.7,
+        "diffusion_steps": 3,
+        "net_arch": net_arch,
+        "precision": precision,
+    }
     assert merge_policy_kwargs(None, {"a": 1}) == {"a": 1}
     assert eval(merge_policy_kwargs("dict(a=1, b=2)", {"b": 3})) == {"a": 1, "b": 3}
 

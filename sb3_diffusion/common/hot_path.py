@@ -189,7 +189,9 @@ class HotPath:
             return self.cuda_graphs(key, chain, [features_part, step_parts, noise])
         if path == "compiled":
             return _compiled_chain(actor, layers, features_part, step_parts, noise, dtype)
-        return _chunked_chain(actor, layers, features_part, step_parts, noise, compiled=path == "chunked_compiled", dtype=dtype)
+        return _chunked_chain(
+            actor, layers, features_part, step_parts, noise, compiled=path == "chunked_compiled", dtype=dtype
+        )
 
     # -----------------------------------------------------------------------------------------------
     # The critics' scoring of candidates
