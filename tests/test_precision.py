@@ -7,16 +7,17 @@ No test needs AVX512-BF16 or AMX: the capability check is monkeypatched. torch c
 CPU (emulated where the instructions are missing: slower, same numbers), so the bf16 paths are tested
 everywhere.
 
-The tolerance. bf16 keeps 8 significant bits: rounding a value to bf16 changes it by at most
-``u = 2^-9`` relative. The matmul libraries accumulate bf16 products in fp32, so each layer adds about
+The tolerance. bf16 keeps 8 significant bits: rounding a value to bf16 (to nearest) changes it by at
+most ``u = 2^-8`` relative. The matmul libraries accumulate bf16 products in fp32, so each layer adds about
 ``u`` of relative error (its bf16 input and its bf16 output are each rounded once) and Mish, whose
 slope is at most 1.1, passes it on. The output layer and everything after it are fp32. For the small
-networks here (3 rounded layers) that is a few times ``3 u``, relative to the size of the outputs: we
-allow ``OUTPUT_RTOL * max(1, max |output|)`` with ``OUTPUT_RTOL = 4 * 3 * u = 0.023`` on Q values and
-network outputs (measured: 0.006 of the largest Q). The sampling chain feeds the predicted
+networks here (3 rounded layers) that is at most about ``3 u``, relative to the size of the outputs
+(rounding errors of random sign mostly cancel): we allow ``OUTPUT_RTOL * max(1, max |output|)`` with
+``OUTPUT_RTOL = 2 * 3 * u = 0.023`` on Q values and network outputs (measured: 0.006 of the largest Q). The sampling chain feeds the predicted
 noise back through ``x0 = x_t / sqrt(abar) - eps sqrt(1/abar - 1)`` (before the clamp and the
 contraction by the posterior coefficients), which amplifies it by up to a few units at the noisiest
-steps of 6: we allow ``SAMPLE_ATOL = 0.05`` on actions in [-1, 1] (measured: below 0.02). A test also
+steps: we allow ``SAMPLE_ATOL = 0.05`` on actions in [-1, 1] (measured: 0.004 with the official
+3 x 256 SDAC network and 20 steps). A test also
 checks that bf16 really ran (the error is above fp32 rounding), so a silent fp32 fallback fails it.
 """
 
@@ -37,7 +38,7 @@ from sb3_diffusion.sdac.policies import SDACPolicy
 OBS_DIM, ACT_DIM = 5, 3
 HAS_COMPILER = any(shutil.which(compiler) for compiler in ("g++", "c++", "clang++"))
 CPU_PATHS = ["chunked", "chunked_compiled", "compiled"]
-OUTPUT_RTOL = 4 * 3 * 2.0**-9
+OUTPUT_RTOL = 2 * 3 * 2.0**-8
 SAMPLE_ATOL = 0.05
 FP32_ATOL = 1e-5  # the fp32 paths' agreement with the plain computation (tests/test_speed_equivalence.py)
 
