@@ -9,9 +9,14 @@ algorithm at its official settings:
   the mean over one policy-delay cycle, "actor step" is the heavier update alone;
 - matmul FLOPs and activation (Mish) elements per update, counted on the real code (a dispatch mode
   sees every matmul and every exp/mish), with SDAC's analytic count beside it as a check;
-- the matmul rate (16384x256 @ 256x256) and the best exact Mish rate, both measured in the same run;
-- the floor (FLOPs / matmul rate + activation elements / activation rate), the time over the floor,
-  and the fraction of the matmul peak the update reaches (FLOPs / time / matmul rate);
+- the matmul rate (16384x256 @ 256x256) and the best exact Mish rate, both measured in the same run,
+  in fp32 and in bf16 (``--precisions``);
+- the floor (FLOPs / matmul rate + activation elements / activation rate, each FLOP and element at
+  the rate of its own dtype: a ``precision="bf16"`` update runs its sampling chains and scoring in
+  bf16 and its gradient steps in fp32), the time over the floor, and the fraction of the matmul peak
+  the update reaches (FLOPs / time / matmul rate);
+- every algorithm in each precision of ``--precisions`` (default fp32 and bf16), timed in the same
+  process one after the other, with the bf16 speed-up over fp32;
 - milliseconds per action for one observation (the behaviour policy: best-of-32 for SDAC, best-of-4
   for QVPO, and the deterministic best-of-32) and rollout env steps per second (env step + action);
 - all of it for each ``--threads`` count (one subprocess per count) and the speed-up between them;
@@ -26,6 +31,7 @@ Usage::
     python benchmarks/bench_updates.py                       # 1 and 2 threads, Hopper and Humanoid
     python benchmarks/bench_updates.py --threads 1 --envs Hopper-v5 --algos sdac sac --repeats 5
     python benchmarks/bench_updates.py --device cuda --threads 8
+    python benchmarks/bench_updates.py --threads 1 --algos sdac qvpo --precisions fp32 bf16
 """
 
 import argparse
@@ -44,6 +50,7 @@ import numpy as np
 
 DEFAULT_ENVS = ["Hopper-v5", "Humanoid-v5"]
 DEFAULT_ALGOS = ["sdac", "qvpo", "sac"]
+PRECISIONS = ["fp32", "bf16"]
 MATMUL_SHAPE = (16384, 256, 256)
 # SDAC's official run: 1M env steps with 5 envs = 200k updates and 200k vector steps, after 30k warm-up steps
 SDAC_RUN = dict(updates=200_000, vector_steps=200_000, n_envs=5, warmup_steps=30_000)
@@ -61,6 +68,12 @@ def _sync(device: Any) -> None:
         th.cuda.synchronize(device)
 
 
+def _dtype(precision: str) -> Any:
+    import torch as th
+
+    return {"fp32": th.float32, "bf16": th.bfloat16}[precision]
+
+
 def _timed(fn: Callable[[], Any], device: Any) -> tuple[float, float]:
     """(wall seconds, process CPU seconds) of one call."""
     _sync(device)
@@ -71,59 +84,76 @@ def _timed(fn: Callable[[], Any], device: Any) -> tuple[float, float]:
 
 
 class Probes:
-    """The matmul and activation rates of this process, measured on demand."""
+    """The matmul and activation rates of this process, in each precision, measured on demand."""
 
-    def __init__(self, device: Any):
+    def __init__(self, device: Any, precisions: list[str]):
         import torch as th
 
         self.device = device
+        self.precisions = precisions
         m, k, n = MATMUL_SHAPE
         generator = th.Generator().manual_seed(0)
-        self.a = th.randn(m, k, generator=generator).to(device)
-        self.w = th.randn(k, n, generator=generator).to(device)
-        self.out = th.empty(m, n, device=device)
+        a = th.randn(m, k, generator=generator).to(device)
+        w = th.randn(k, n, generator=generator).to(device)
         self.flops = 2.0 * m * k * n
-        self.w_t = self.w.t().contiguous()  # (n, k): the nn.Linear layout
-        # the best fp32 matmul torch offers for this shape: torch.mm (MKL on CPU) and, on CPU, oneDNN's linear
-        self.implementations: dict[str, Callable[[], Any]] = {"torch.mm": lambda: th.mm(self.a, self.w, out=self.out)}
-        if device.type == "cpu" and th.backends.mkldnn.is_available() and hasattr(th.ops.mkldnn, "_linear_pointwise"):
-            onednn = th.ops.mkldnn._linear_pointwise
-            self.implementations["oneDNN linear"] = lambda: onednn(self.a, self.w_t, None, "none", [], "")
-        self.rates: list[float] = []  # best matmul FLOP/s (wall time) of every probe
-        self.cpu_rates: list[float] = []  # the same in process CPU time
-        self.by_implementation: dict[str, list[float]] = {name: [] for name in self.implementations}
+        self.inputs: dict[str, th.Tensor] = {}
+        # the best matmul torch offers for this shape in each dtype: torch.mm (MKL on CPU for fp32) and,
+        # on CPU, oneDNN's linear (what the fast paths use for large chunks)
+        self.implementations: dict[str, dict[str, Callable[[], Any]]] = {}
+        onednn = getattr(th.ops.mkldnn, "_linear_pointwise", None) if th.backends.mkldnn.is_available() else None
+        for precision in precisions:
+            dtype = _dtype(precision)
+            a_p, w_p = a.to(dtype), w.to(dtype)
+            w_t = w_p.t().contiguous()  # (n, k): the nn.Linear layout
+            out = th.empty(m, n, device=device, dtype=dtype)
+            self.inputs[precision] = a_p
+            found = {"torch.mm": lambda a_p=a_p, w_p=w_p, out=out: th.mm(a_p, w_p, out=out)}
+            if device.type == "cpu" and onednn is not None:
+                found["oneDNN linear"] = lambda a_p=a_p, w_t=w_t: onednn(a_p, w_t, None, "none", [], "")
+            self.implementations[precision] = found
+        self.rates: dict[str, list[float]] = {p: [] for p in precisions}  # best matmul FLOP/s (wall time) of every probe
+        self.cpu_rates: dict[str, list[float]] = {p: [] for p in precisions}  # the same in process CPU time
+        self.by_implementation: dict[str, list[float]] = {
+            f"{p} {name}": [] for p, found in self.implementations.items() for name in found
+        }
 
-    def matmul(self, calls: int = 2) -> tuple[float, float]:
-        """Best matmul rate (FLOP/s) over the implementations and ``calls`` calls: (wall, CPU time)."""
-        best_wall, best_cpu = float("inf"), float("inf")
-        for name, fn in self.implementations.items():
-            timings = [_timed(fn, self.device) for _ in range(calls)]
-            wall = min(w for w, _ in timings)
-            self.by_implementation[name].append(self.flops / wall)
-            best_wall, best_cpu = min(best_wall, wall), min(best_cpu, min(max(c, 1e-9) for _, c in timings))
-        self.rates.append(self.flops / best_wall)
-        self.cpu_rates.append(self.flops / best_cpu)
-        return self.flops / best_wall, self.flops / best_cpu
+    def matmul(self, calls: int = 2) -> dict[str, float]:
+        """Best matmul rate (FLOP/s, wall time) per precision over the implementations and ``calls`` calls."""
+        result = {}
+        for precision, found in self.implementations.items():
+            best_wall, best_cpu = float("inf"), float("inf")
+            for name, fn in found.items():
+                timings = [_timed(fn, self.device) for _ in range(calls)]
+                wall = min(w for w, _ in timings)
+                self.by_implementation[f"{precision} {name}"].append(self.flops / wall)
+                best_wall, best_cpu = min(best_wall, wall), min(best_cpu, min(max(c, 1e-9) for _, c in timings))
+            self.rates[precision].append(self.flops / best_wall)
+            self.cpu_rates[precision].append(self.flops / best_cpu)
+            result[precision] = self.flops / best_wall
+        return result
 
-    def activations(self, repeats: int = 7) -> dict[str, float]:
-        """Elements per second of the exact Mish implementations on a 16384x256 tensor."""
+    def activations(self, repeats: int = 7) -> dict[str, dict[str, float]]:
+        """Elements per second of the exact Mish implementations on a 16384x256 tensor, per precision."""
+        return {precision: self._activations(self.inputs[precision], repeats) for precision in self.precisions}
+
+    def _activations(self, source: Any, repeats: int) -> dict[str, float]:
         import torch as th
         from torch.nn import functional as F
 
         from sb3_diffusion.common import kernels
         from sb3_diffusion.common.networks import mish
 
-        x = self.a.clone()
-        bias = th.zeros(x.shape[1], device=self.device)
+        x = source.clone()
+        bias = th.zeros(x.shape[1], device=self.device, dtype=x.dtype)
         scratch = (th.empty_like(x), th.empty_like(x))
         candidates: dict[str, Callable[[], Any]] = {
             "torch F.mish": lambda: F.mish(x),
-            "one-exp in place (eager)": lambda: mish(x.copy_(self.a), out=x, scratch=scratch),
+            "one-exp in place (eager)": lambda: mish(x.copy_(source), out=x, scratch=scratch),
         }
         compiling = kernels.resolve_compile_mode("auto") != "off" and kernels.compiled_kernels_available()
         if self.device.type == "cpu" and compiling:
-            candidates["one-exp fused bias+Mish (compiled)"] = lambda: kernels.COMPILED("bias_mish", x.copy_(self.a), bias)
-        copy_time = statistics.median(_timed(lambda: x.copy_(self.a), self.device)[0] for _ in range(repeats))
+            candidates["one-exp fused bias+Mish (compiled)"] = lambda: kernels.COMPILED("bias_mish", x.copy_(source), bias)
+        copy_time = statistics.median(_timed(lambda: x.copy_(source), self.device)[0] for _ in range(repeats))
         rates = {}
         with th.inference_mode():
             for name, fn in candidates.items():
@@ -139,8 +169,11 @@ class Probes:
         return rates
 
 
-def count_update(model: Any, updates: int) -> dict[str, float]:
-    """Matmul FLOPs and activation elements of ``updates`` updates, counted on the eager code path."""
+def op_counter() -> Any:
+    """
+    A dispatch mode that counts matmul FLOPs and activation (exp/mish) elements, and the parts of them
+    computed in bf16: it sees every matmul (oneDNN's linear included) and every exp/mish.
+    """
     import torch as th
     from torch.utils._python_dispatch import TorchDispatchMode
 
@@ -154,6 +187,8 @@ def count_update(model: Any, updates: int) -> dict[str, float]:
             super().__init__()
             self.flops = 0.0
             self.activations = 0.0
+            self.flops_bf16 = 0.0  # the part of them computed in bf16
+            self.activations_bf16 = 0.0
             self.backward_activations = 0.0
 
         def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
@@ -161,20 +196,30 @@ def count_update(model: Any, updates: int) -> dict[str, float]:
             packet = func.overloadpacket
             if packet in matmuls:
                 a, b = (args[0], args[1]) if packet in (aten.mm, aten.bmm) else (args[1], args[2])
-                self.flops += 2.0 * a.numel() * b.shape[-1]
+                flops = 2.0 * a.numel() * b.shape[-1]
+                self.flops += flops
+                self.flops_bf16 += flops if a.dtype == th.bfloat16 else 0.0
             elif onednn_linear is not None and packet == onednn_linear:
                 x, weight = args[0], (args[2] if func == onednn_linear.binary else args[1])
-                self.flops += 2.0 * x.numel() * weight.shape[0]
+                flops = 2.0 * x.numel() * weight.shape[0]
+                self.flops += flops
+                self.flops_bf16 += flops if x.dtype == th.bfloat16 else 0.0
             elif packet in activations:
                 self.activations += args[0].numel()
+                self.activations_bf16 += args[0].numel() if args[0].dtype == th.bfloat16 else 0.0
             elif packet == aten.mish_backward:
                 self.backward_activations += args[0].numel()
             return func(*args, **kwargs)
 
+    return Counter()
+
+
+def count_update(model: Any, updates: int) -> dict[str, float]:
+    """Matmul FLOPs and activation elements of ``updates`` updates, counted on the eager code path."""
     previous = os.environ.get("SB3_DIFFUSION_COMPILE")
     os.environ["SB3_DIFFUSION_COMPILE"] = "off"  # the eager kernels do the same matmuls, and are visible
     try:
-        with Counter() as counter:
+        with op_counter() as counter:
             model.train(gradient_steps=updates, batch_size=model.batch_size)
     finally:
         if previous is None:
@@ -184,6 +229,8 @@ def count_update(model: Any, updates: int) -> dict[str, float]:
     return dict(
         flops=counter.flops / updates,
         activations=counter.activations / updates,
+        flops_bf16=counter.flops_bf16 / updates,
+        activations_bf16=counter.activations_bf16 / updates,
         backward_activations=counter.backward_activations / updates,
     )
 
@@ -273,7 +320,7 @@ def fill_buffer(model: Any, n: int, rng: np.random.Generator) -> None:
     buffer.pos, buffer.full = n, False
 
 
-def make_model(algo: str, env_id: str, device: str) -> Any:
+def make_model(algo: str, env_id: str, device: str, precision: str = "fp32") -> Any:
     import gymnasium as gym
     from stable_baselines3.common.logger import configure
 
@@ -286,11 +333,11 @@ def make_model(algo: str, env_id: str, device: str) -> Any:
     elif algo == "sdac":
         from sb3_diffusion import SDAC
 
-        model = SDAC("MlpPolicy", env, **common)
+        model = SDAC("MlpPolicy", env, policy_kwargs=dict(precision=precision), **common)
     elif algo == "qvpo":
         from sb3_diffusion import QVPO
 
-        model = QVPO("MlpPolicy", env, **common)
+        model = QVPO("MlpPolicy", env, policy_kwargs=dict(precision=precision), **common)
     else:
         raise ValueError(f"Unknown algorithm {algo!r}")
     model.set_logger(configure(folder=None, format_strings=[]))
@@ -338,11 +385,11 @@ def algo_name(model: Any) -> str:
     return type(model).__name__.lower()
 
 
-def measure_algo(algo: str, env_id: str, args: argparse.Namespace, probes: Probes) -> dict[str, Any]:
+def measure_algo(algo: str, env_id: str, args: argparse.Namespace, probes: Probes, precision: str = "fp32") -> dict[str, Any]:
     import torch as th
 
     device = th.device(args.device)
-    model = make_model(algo, env_id, args.device)
+    model = make_model(algo, env_id, args.device, precision)
     fill_buffer(model, 10_000, np.random.default_rng(0))
     delay = int(getattr(model, "policy_delay", 1))
     # SAC and QVPO update every step the same way; SDAC alternates actor and critic-only updates
@@ -354,36 +401,39 @@ def measure_algo(algo: str, env_id: str, args: argparse.Namespace, probes: Probe
     counted = {key: sum(weights[kind] * values[key] for kind, values in counts.items()) for key in counts["actor"]}
     for _ in range(args.warmup * delay):
         model.train(gradient_steps=1, batch_size=model.batch_size)  # compiles what compiles
-    by_kind: dict[str, list[tuple[float, float, float]]] = {}
+    by_kind: dict[str, list[tuple[float, float, dict[str, float]]]] = {}
     for _ in range(args.repeats * delay):
         kind = next_kind(model, delay)
-        rate, _ = probes.matmul()
+        rates = probes.matmul()
         wall, cpu = _timed(lambda: model.train(gradient_steps=1, batch_size=model.batch_size), device)
-        by_kind.setdefault(kind, []).append((wall, cpu, rate))
+        by_kind.setdefault(kind, []).append((wall, cpu, rates))
     medians = {kind: statistics.median(w for w, _, _ in values) for kind, values in by_kind.items()}
     cpu_medians = {kind: statistics.median(c for _, c, _ in values) for kind, values in by_kind.items()}
     # mean over one cycle: one actor update and delay-1 critic-only updates
     update = (medians["actor"] + (delay - 1) * medians.get("critic", 0.0)) / delay
     update_cpu = (cpu_medians["actor"] + (delay - 1) * cpu_medians.get("critic", 0.0)) / delay
-    paired_rates = [rate for values in by_kind.values() for _, _, rate in values]
+    paired_rates = [rates["fp32"] for values in by_kind.values() for _, _, rates in values if "fp32" in rates]
     result: dict[str, Any] = dict(
         algo=algo,
         env=env_id,
+        precision=precision if algo != "sac" else "fp32",
+        compute_dtype=(str(model.policy.hot_path.compute_dtype(device)).replace("torch.", "") if algo != "sac" else "float32"),
         update_ms=1e3 * update,
         update_cpu_ms=1e3 * update_cpu,
         actor_update_ms=1e3 * medians["actor"],
         policy_delay=delay,
-        paired_matmul_rate=statistics.median(paired_rates),
+        paired_matmul_rate=statistics.median(paired_rates) if paired_rates else None,
         counts=counts,
         **counted,
     )
     if algo in ANALYTIC:
         result.update({f"analytic_{key}": value for key, value in ANALYTIC[algo](model).items()})
-    result.update(time_actions(model, env_id, args.action_repeats, device))
+    if not args.skip_actions:
+        result.update(time_actions(model, env_id, args.action_repeats, device))
     if hasattr(model, "policy") and hasattr(model.policy, "n_behavior_candidates"):
         result["behaviour_k"] = model.policy.n_behavior_candidates
         result["eval_k"] = model.policy.n_eval_candidates
-    result["per_update"] = [(kind, wall, rate) for kind, values in by_kind.items() for wall, _, rate in values]
+    result["per_update"] = [(kind, wall, rates) for kind, values in by_kind.items() for wall, _, rates in values]
     return result
 
 
@@ -395,25 +445,35 @@ def next_kind(model: Any, delay: int) -> str:
 def worker(args: argparse.Namespace) -> None:
     import torch as th
 
+    from sb3_diffusion.common.kernels import fast_bf16_available
+
     th.set_num_threads(args.threads)
     device = th.device(args.device)
-    probes = Probes(device)
+    probes = Probes(device, [p for p in PRECISIONS if p == "fp32" or p in args.precisions])  # fp32 always: gradient steps
     probes.matmul(3)
     activation_rates = probes.activations()
     results = []
     for env_id in args.envs:
         for algo in args.algos:
-            start = time.perf_counter()
-            results.append(measure_algo(algo, env_id, args, probes))
-            print(f"  [{args.threads} thread(s)] {env_id} {algo}: {time.perf_counter() - start:.0f} s", file=sys.stderr)
-    for name, rate in probes.activations().items():  # again at the end: the best of both
-        activation_rates[name] = max(rate, activation_rates.get(name, 0.0))
+            # SAC has no precision option: once; the diffusion algorithms in each precision, one after the other
+            for precision in args.precisions if algo != "sac" else ["fp32"]:
+                start = time.perf_counter()
+                results.append(measure_algo(algo, env_id, args, probes, precision))
+                print(
+                    f"  [{args.threads} thread(s)] {env_id} {algo} {precision}: {time.perf_counter() - start:.0f} s",
+                    file=sys.stderr,
+                )
+    for precision, rates in probes.activations().items():  # again at the end: the best of both
+        for name, rate in rates.items():
+            activation_rates[precision][name] = max(rate, activation_rates[precision].get(name, 0.0))
     output = dict(
         threads=args.threads,
         device=str(device),
-        matmul_rate=statistics.median(probes.rates),
-        matmul_rate_max=max(probes.rates),
-        matmul_cpu_rate=statistics.median(probes.cpu_rates),
+        hardware_bf16=fast_bf16_available(device),
+        cpu_flags=_cpu_bf16_flags(),
+        matmul_rate={p: statistics.median(rates) for p, rates in probes.rates.items()},
+        matmul_rate_max={p: max(rates) for p, rates in probes.rates.items()},
+        matmul_cpu_rate={p: statistics.median(rates) for p, rates in probes.cpu_rates.items()},
         matmul_by_implementation={name: statistics.median(rates) for name, rates in probes.by_implementation.items()},
         activation_rates=activation_rates,
         results=results,
@@ -427,6 +487,19 @@ def worker(args: argparse.Namespace) -> None:
 # --------------------------------------------------------------------------------------------------
 
 
+def _cpu_bf16_flags() -> str:
+    """The CPU's bf16 features as /proc/cpuinfo names them (Linux), e.g. "avx512_bf16" or "amx_bf16 avx512_bf16"."""
+    try:
+        with open("/proc/cpuinfo") as file:
+            for line in file:
+                if line.startswith("flags"):
+                    flags = line.split(":", 1)[1].split()
+                    return " ".join(sorted(f for f in flags if "bf16" in f or f.startswith("amx"))) or "none"
+    except OSError:
+        pass
+    return "n/a"
+
+
 def _loadavg() -> str:
     try:
         with open("/proc/loadavg") as file:
@@ -435,27 +508,41 @@ def _loadavg() -> str:
         return "n/a"
 
 
+def floor_seconds(count: dict[str, float], matmul_rates: dict[str, float], activation_rates: dict[str, float]) -> float:
+    """
+    The floor of ``count`` (FLOPs and activation elements, with their bf16 parts): each matmul FLOP at
+    the matmul rate of its dtype, each activation element at the best Mish rate of its dtype.
+    """
+    flops_bf16, activations_bf16 = count.get("flops_bf16", 0.0), count.get("activations_bf16", 0.0)
+    seconds = (count["flops"] - flops_bf16) / matmul_rates["fp32"] + (
+        count["activations"] - activations_bf16
+    ) / activation_rates["fp32"]
+    if flops_bf16 or activations_bf16:
+        seconds += flops_bf16 / matmul_rates["bf16"] + activations_bf16 / activation_rates["bf16"]
+    return seconds
+
+
 def derive(run: dict[str, Any], result: dict[str, Any]) -> dict[str, float]:
     """Floor, ratio and fraction of the matmul peak of one result of one worker."""
-    best_activation = max(run["activation_rates"].values())
+    best_activation = {p: max(rates.values()) for p, rates in run["activation_rates"].items()}
     matmul_rate = run["matmul_rate"]
-    floor = result["flops"] / matmul_rate + result["activations"] / best_activation
-    actor = result["counts"]["actor"]
-    actor_floor = actor["flops"] / matmul_rate + actor["activations"] / best_activation
+    floor = floor_seconds(result, matmul_rate, best_activation)
+    actor_floor = floor_seconds(result["counts"]["actor"], matmul_rate, best_activation)
     # the same in process CPU time (meaningful with one thread): insensitive to time lost to other processes
-    cpu_floor = result["flops"] / run["matmul_cpu_rate"] + result["activations"] / best_activation
-    # paired: each update against the matmul rate probed just before it (robust to a changing load)
+    cpu_floor = floor_seconds(result, run["matmul_cpu_rate"], best_activation)
+    # paired: each update against the matmul rates probed just before it (robust to a changing load)
     ratios = []
-    for kind, wall, rate in result["per_update"]:
-        count = result["counts"][kind]
-        ratios.append(wall / (count["flops"] / rate + count["activations"] / best_activation))
+    for kind, wall, rates in result["per_update"]:
+        ratios.append(wall / floor_seconds(result["counts"][kind], rates, best_activation))
+    # the matmul rate of the update's dominant dtype, for the fraction of the peak
+    dominant = "bf16" if result.get("flops_bf16", 0.0) > result["flops"] / 2 else "fp32"
     return dict(
         floor_ms=1e3 * floor,
         actor_floor_ms=1e3 * actor_floor,
         ratio=result["update_ms"] / 1e3 / floor,
         cpu_ratio=result["update_cpu_ms"] / 1e3 / cpu_floor,
         paired_ratio=statistics.median(ratios),
-        peak_fraction=result["flops"] / (result["update_ms"] / 1e3) / matmul_rate,
+        peak_fraction=result["flops"] / (result["update_ms"] / 1e3) / matmul_rate[dominant],
     )
 
 
@@ -463,6 +550,7 @@ def run_worker(args: argparse.Namespace, threads: int) -> dict[str, Any]:
     command = [sys.executable, os.path.abspath(__file__), "--worker", "--threads", str(threads)]
     command += ["--envs", *args.envs, "--algos", *args.algos, "--device", args.device]
     command += ["--repeats", str(args.repeats), "--warmup", str(args.warmup), "--action-repeats", str(args.action_repeats)]
+    command += ["--precisions", *args.precisions] + (["--skip-actions"] if args.skip_actions else [])
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
     print(f"running {threads} thread(s): {' '.join(command[1:])}", file=sys.stderr)
     completed = subprocess.run(command, env=env, stdout=subprocess.PIPE, text=True, check=True)
@@ -483,76 +571,99 @@ def print_report(args: argparse.Namespace, runs: list[dict[str, Any]], load_befo
     cpu = platform.processor() or platform.machine()
     print(f"\n## Update and action speed ({cpu}, torch {th.__version__}, device {args.device})\n")
     print("Command: `python benchmarks/bench_updates.py " + " ".join(_command_args(args)) + "`  ")
-    print(f"Load average before / after: {load_before} / {runs[-1]['loadavg']} ({os.cpu_count()} CPUs)\n")
+    print(f"Load average before / after: {load_before} / {runs[-1]['loadavg']} ({os.cpu_count()} CPUs)  ")
+    print(f"CPU bf16 features: {base['cpu_flags']}; hardware bf16 for precision='bf16': {base['hardware_bf16']}\n")
     m, k, n = MATMUL_SHAPE
     for run in runs:
-        rates = ", ".join(f"{name} {rate / 1e9:.2f} G/s" for name, rate in run["activation_rates"].items())
         implementations = ", ".join(f"{name} {rate / 1e9:.0f}" for name, rate in run["matmul_by_implementation"].items())
-        print(
-            f"- {run['threads']} thread(s): matmul {m}x{k} @ {k}x{n}, best implementation per probe: "
-            f"median {run['matmul_rate'] / 1e9:.0f} GFLOP/s (max {run['matmul_rate_max'] / 1e9:.0f}; "
-            f"in CPU time {run['matmul_cpu_rate'] / 1e9:.0f}; medians by implementation: {implementations}); "
-            f"Mish elements/s: {rates}"
+        matmul = "; ".join(
+            f"{p} median {run['matmul_rate'][p] / 1e9:.0f} GFLOP/s (max {run['matmul_rate_max'][p] / 1e9:.0f}, "
+            f"in CPU time {run['matmul_cpu_rate'][p] / 1e9:.0f})"
+            for p in run["matmul_rate"]
         )
-    by_key = {(r["env"], r["algo"]): r for r in base["results"]}
-    others = {run["threads"]: {(r["env"], r["algo"]): r for r in run["results"]} for run in runs[1:]}
+        mish = "; ".join(
+            f"{p}: " + ", ".join(f"{name} {rate / 1e9:.2f} G/s" for name, rate in rates.items())
+            for p, rates in run["activation_rates"].items()
+        )
+        print(
+            f"- {run['threads']} thread(s): matmul {m}x{k} @ {k}x{n}, best implementation per probe: {matmul} "
+            f"(medians by implementation: {implementations}). Mish elements/s: {mish}"
+        )
+    by_key = {(r["env"], r["algo"], r["precision"]): r for r in base["results"]}
+    others = {run["threads"]: {(r["env"], r["algo"], r["precision"]): r for r in run["results"]} for run in runs[1:]}
     t0 = base["threads"]
+    actions = not args.skip_actions
     header = [
         "shapes",
         "algorithm",
+        "precision",
         f"ms/update; CPU ms ({t0} thr)",
+        "bf16 speed-up (same run; wall; CPU time)",
         "actor-step update ms",
         *[f"ms/update ({t} thr) [speed-up]" for t in others],
-        "matmul GFLOP/update",
-        "Mish Melem/update",
+        "matmul GFLOP/update (bf16 part)",
+        "Mish Melem/update (bf16 part)",
         f"floor ms ({t0} thr)",
         "time/floor (paired; CPU time)",
         "matmul peak fraction",
-        "action ms; CPU ms (behaviour, K)",
-        "action ms; CPU ms (deterministic, K)",
-        "rollout steps/s",
     ]
+    if actions:
+        header += ["action ms; CPU ms (behaviour, K)", "action ms; CPU ms (deterministic, K)", "rollout steps/s"]
     print("\n| " + " | ".join(header) + " |")
     print("|" + "---|" * len(header))
-    for (env_id, algo), result in by_key.items():
+    for (env_id, algo, precision), result in by_key.items():
         derived = derive(base, result)
-        flops = f"{result['flops'] / 1e9:.1f}"
+        flops = f"{result['flops'] / 1e9:.1f} ({result.get('flops_bf16', 0.0) / 1e9:.1f})"
         if "analytic_flops" in result:
             flops += f" (analytic {result['analytic_flops'] / 1e9:.1f})"
+        fp32 = by_key.get((env_id, algo, "fp32"))
+        speed_up = ""
+        if precision != "fp32" and fp32:  # wall time; CPU time (the robust one on a shared machine, one thread)
+            wall_ratio, cpu_ratio = fp32["update_ms"] / result["update_ms"], fp32["update_cpu_ms"] / result["update_cpu_ms"]
+            speed_up = f"{wall_ratio:.2f}x; {cpu_ratio:.2f}x"
         cells = [
             env_id.split("-")[0],
             algo.upper() if algo != "sac" else "SB3 SAC",
+            precision
+            if result.get("compute_dtype", "float32") != "float32" or precision == "fp32"
+            else f"{precision} (ran fp32)",
             f"{fmt(result['update_ms'])}; {fmt(result['update_cpu_ms'])}",
+            speed_up,
             fmt(result["actor_update_ms"]) if result["policy_delay"] > 1 else "same",
         ]
         for table in others.values():
-            other = table.get((env_id, algo))
+            other = table.get((env_id, algo, precision))
             cells.append(f"{fmt(other['update_ms'])} [{result['update_ms'] / other['update_ms']:.2f}x]" if other else "n/a")
-        k_b = result.get("behaviour_k", 1)
-        k_e = result.get("eval_k")
         cells += [
             flops,
-            fmt(result["activations"] / 1e6),
+            f"{fmt(result['activations'] / 1e6)} ({fmt(result.get('activations_bf16', 0.0) / 1e6)})",
             fmt(derived["floor_ms"]),
             f"{derived['ratio']:.2f} ({derived['paired_ratio']:.2f}; {derived['cpu_ratio']:.2f})",
             f"{derived['peak_fraction']:.2f}",
-            f"{result['behaviour_action_ms']:.2f}; {result['behaviour_action_cpu_ms']:.2f} (K={k_b})",
-            (
-                f"{result['deterministic_action_ms']:.2f}; {result['deterministic_action_cpu_ms']:.2f} (K={k_e})"
-                if k_e
-                else "n/a"
-            ),
-            fmt(result["rollout_steps_per_s"]),
         ]
+        if actions:
+            k_b = result.get("behaviour_k", 1)
+            k_e = result.get("eval_k")
+            cells += [
+                f"{result['behaviour_action_ms']:.2f}; {result['behaviour_action_cpu_ms']:.2f} (K={k_b})",
+                (
+                    f"{result['deterministic_action_ms']:.2f}; {result['deterministic_action_cpu_ms']:.2f} (K={k_e})"
+                    if k_e
+                    else "n/a"
+                ),
+                fmt(result["rollout_steps_per_s"]),
+            ]
         print("| " + " | ".join(cells) + " |")
     print(
         "\nms/update: median over repeated updates, mean over one policy-delay cycle (SDAC: one actor-step and one "
-        "critic-only update). Floor: matmul FLOPs / median matmul rate + Mish elements / best Mish rate, same run. "
-        "Paired: each update against the matmul rate probed just before it. CPU time: update and matmul probe in "
-        "process CPU time (meaningful with one thread), insensitive to time lost to other processes."
+        "critic-only update). Floor: matmul FLOPs / median matmul rate + Mish elements / best Mish rate, same run, "
+        "each at the rates of its own dtype (with precision='bf16' the sampling chains and the scoring of candidates "
+        "are bf16, the gradient steps and the output layers fp32): the fp32 row's floor is the fp32 floor, the bf16 "
+        "row's the bf16 floor. Paired: each update against the matmul rates probed just before it. CPU time: update "
+        "and matmul probe in process CPU time (meaningful with one thread), insensitive to time lost to other processes."
     )
-    sdac = by_key.get(("Hopper-v5", "sdac"))
-    if sdac is not None:
+    sdac = by_key.get(("Hopper-v5", "sdac", "fp32"))
+    if sdac is not None and actions:
         hours = projected_sdac_hours(sdac)
         print(
             f"\nProjected 1M-step SDAC Hopper run on this device ({t0} thread(s)): "
@@ -572,6 +683,7 @@ def projected_sdac_hours(result: dict[str, Any]) -> float:
 
 def _command_args(args: argparse.Namespace) -> list[str]:
     out = ["--threads", *map(str, args.threads), "--envs", *args.envs, "--algos", *args.algos]
+    out += ["--precisions", *args.precisions] + (["--skip-actions"] if args.skip_actions else [])
     return [*out, "--repeats", str(args.repeats), "--device", args.device]
 
 
@@ -584,6 +696,8 @@ def main() -> None:
     parser.add_argument("--envs", nargs="+", default=DEFAULT_ENVS, help="environments whose shapes are used")
     parser.add_argument("--algos", nargs="+", default=DEFAULT_ALGOS, choices=DEFAULT_ALGOS)
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
+    parser.add_argument("--precisions", nargs="+", default=PRECISIONS, choices=PRECISIONS, help="policy_kwargs precision")
+    parser.add_argument("--skip-actions", action="store_true", help="time updates only (no actions, no rollout)")
     parser.add_argument("--json", default=None, help="also write the raw measurements to this file")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()

@@ -429,7 +429,7 @@ def test_sampler_is_its_converter(algo):
         hyperparams = SAMPLERS[algo](trial, 1, 1, {})
         assert hyperparams == CONVERTERS[algo](trial.params)
         assert 0.97 <= hyperparams["gamma"] < 1 and hyperparams["batch_size"] in (64, 128, 256, 512)
-        assert set(hyperparams["policy_kwargs"]) == {"net_arch", "diffusion_steps"}
+        assert set(hyperparams["policy_kwargs"]) == {"net_arch", "diffusion_steps", "precision"}
         own = {"sdac": {"lambda_init", "exploration_scale", "n_candidates"}, "qvpo": {"entropy_weight", "n_policy_samples"}}
         assert own[algo] <= set(hyperparams)
         study.tell(trial, 0.0)
@@ -445,7 +445,13 @@ def test_sampler_merges_and_pins():
     assert "batch_size_pow" not in trial.params and "diffusion_steps" not in trial.params
     assert "batch_size" not in hyperparams and "actor_lr_final" not in hyperparams
     net_arch = CONVERTERS["sdac"]({"net_arch": trial.params["net_arch"]})["policy_kwargs"]["net_arch"]
-    assert hyperparams["policy_kwargs"] == {"init_noise_scale": 0.7, "diffusion_steps": 3, "net_arch": net_arch}
+    precision = trial.params["precision"]
+    assert hyperparams["policy_kwargs"] == {
+        "init_noise_scale": 0.7,
+        "diffusion_steps": 3,
+        "net_arch": net_arch,
+        "precision": precision,
+    }
     assert merge_policy_kwargs(None, {"a": 1}) == {"a": 1}
     assert eval(merge_policy_kwargs("dict(a=1, b=2)", {"b": 3})) == {"a": 1, "b": 3}
 

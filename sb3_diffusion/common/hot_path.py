@@ -20,11 +20,23 @@ float rounding (``tests/test_speed_equivalence.py`` compares each with it):
 - ``"cuda_graph"``: the chunked chain captured once per shape as a CUDA graph and replayed (CUDA).
 
 The building blocks live in :mod:`sb3_diffusion.common.kernels`; the plain modules (``diffusion``,
-``networks``, ``policies``) do not use them. The precision of the fast paths is a property of this
-seam (``precision``); only ``"fp32"`` exists so far.
+``networks``, ``policies``) do not use them.
+
+The precision of the fast paths is a property of this seam (``precision``):
+
+- ``"fp32"`` (default): every path computes the plain computation's numbers up to float rounding;
+- ``"bf16"``: the fast paths run the noise network's and the critics' first and hidden layers in
+  bfloat16 (bf16 copies of the weights cast once per call; matmuls accumulate in fp32 inside oneDNN /
+  cuBLAS; Mish on bf16 tensors), where the device has hardware bf16
+  (:func:`~sb3_diffusion.common.kernels.fast_bf16_available`); elsewhere it warns once and runs fp32.
+  The chain state ``x``, the per-state parts of the first layers, the schedule's arithmetic, the
+  output layers (the predicted noise, the Q values) and everything after them (minimum over the
+  critics, argmax, softmax weights) stay fp32. The ``"plain"`` path (autograd on, other network
+  structures) is always fp32, and so are all gradient steps.
 """
 
 import functools
+import warnings
 from typing import Any
 
 import torch as th
@@ -33,12 +45,23 @@ from torch import nn
 from torch.nn import functional as F
 
 from sb3_diffusion.common import kernels
-from sb3_diffusion.common.kernels import COMPILE_MODES, CompileFailed, RowMLP, chunk_rows_for, chunk_states, split_mlp
+from sb3_diffusion.common.kernels import (
+    COMPILE_MODES,
+    COMPUTE_DTYPES,
+    CompileFailed,
+    RowMLP,
+    chunk_rows_for,
+    chunk_states,
+    fast_bf16_available,
+    split_mlp,
+)
 from sb3_diffusion.common import networks
 from sb3_diffusion.common.networks import NoisePredictionNet
 
 PATHS = ("plain", "chunked", "chunked_compiled", "compiled", "cuda_graph")
-PRECISIONS = ("fp32",)
+PRECISIONS = tuple(COMPUTE_DTYPES)  # ("fp32", "bf16")
+# Devices (by type) on which the fallback of a reduced precision has been reported in this process
+_WARNED_FALLBACK: set[str] = set()
 
 __all__ = ["COMPILE_MODES", "PATHS", "PRECISIONS", "HotPath"]
 
@@ -53,7 +76,9 @@ class HotPath:
         (CPU) or CUDA graphs (CUDA). ``"auto"`` compiles on CPU only for large calls and for the small
         calls of networks at least ``kernels.AUTO_CHAIN_MIN_WIDTH`` wide; the environment variable
         ``SB3_DIFFUSION_COMPILE`` overrides it.
-    :param precision: Arithmetic of the fast paths (``"fp32"``)
+    :param precision: Arithmetic of the fast paths: ``"fp32"`` (the plain computation's numbers) or
+        ``"bf16"`` (bfloat16 matmuls and activations in the sampling chains and the critics' scoring of
+        candidates, on devices with hardware bf16; fp32 with a warning elsewhere)
     """
 
     def __init__(self, compile_mode: str = "auto", precision: str = "fp32"):
@@ -74,6 +99,24 @@ class HotPath:
 
     def __deepcopy__(self, memo: dict) -> "HotPath":
         return HotPath(self.compile_mode, self.precision)
+
+    def compute_dtype(self, device: th.device) -> th.dtype:
+        """
+        The dtype the fast paths compute in on ``device``: ``precision``'s, or float32 (with a warning,
+        once per process and device type) where a reduced precision has no hardware support.
+        """
+        dtype = COMPUTE_DTYPES[self.precision]
+        if dtype is th.float32 or fast_bf16_available(device):
+            return dtype
+        if device.type not in _WARNED_FALLBACK:
+            _WARNED_FALLBACK.add(device.type)
+            warnings.warn(
+                f"sb3_diffusion: precision={self.precision!r} needs hardware bf16 (a CPU with AVX512-BF16 or AMX, "
+                f"or a CUDA GPU with bf16 support), which this {device.type} device lacks: sampling and scoring "
+                "run in fp32 instead (same results as precision='fp32').",
+                stacklevel=3,
+            )
+        return th.float32
 
     def select(self, operation: str, device: th.device, rows: int, width: int, activations: list[nn.Module] | None) -> str:
         """
@@ -134,18 +177,21 @@ class HotPath:
     def _sample(self, path: str, actor: Any, obs: PyTorchObs, features: th.Tensor, noise: th.Tensor, layers: Any) -> th.Tensor:
         if path == "plain":
             return actor.sample(obs, noise.shape[2], noise=noise)
+        dtype = self.compute_dtype(noise.device)
         net: NoisePredictionNet = actor.noise_net
         features_part = net.features_in(features)  # (B, W): the observation block, with the first layer's bias
         steps = th.as_tensor(actor.sampling_timesteps, device=features_part.device)
         step_parts = net.time_part(steps)  # (S, W): the time block of each sampling step (the network sees its original step)
         if path == "cuda_graph":
             # a new graph when a shape or the storage of a parameter changes (e.g. after .to(device))
-            key = (tuple(noise.shape), noise.dtype, noise.device, *(p.data_ptr() for p in net.parameters()))
-            chain = functools.partial(_chunked_chain, actor, layers, compiled=False)
+            key = (tuple(noise.shape), noise.dtype, noise.device, dtype, *(p.data_ptr() for p in net.parameters()))
+            chain = functools.partial(_chunked_chain, actor, layers, compiled=False, dtype=dtype)
             return self.cuda_graphs(key, chain, [features_part, step_parts, noise])
         if path == "compiled":
-            return _compiled_chain(actor, layers, features_part, step_parts, noise)
-        return _chunked_chain(actor, layers, features_part, step_parts, noise, compiled=path == "chunked_compiled")
+            return _compiled_chain(actor, layers, features_part, step_parts, noise, dtype)
+        return _chunked_chain(
+            actor, layers, features_part, step_parts, noise, compiled=path == "chunked_compiled", dtype=dtype
+        )
 
     # -----------------------------------------------------------------------------------------------
     # The critics' scoring of candidates
@@ -170,12 +216,13 @@ class HotPath:
         path = select()
         if path == "plain":
             return networks.min_q(critic, obs, candidates)
+        dtype = self.compute_dtype(candidates.device)
         with th.inference_mode():
             features = critic.extract_features(obs, critic.features_extractor)  # type: ignore[operator]
             try:
-                q_values = _scoring(path, blocks, features, candidates)
+                q_values = _scoring(path, blocks, features, candidates, dtype)
             except CompileFailed:  # compilation is now off for this process: choose again
-                q_values = _scoring(select(), blocks, features, candidates)
+                q_values = _scoring(select(), blocks, features, candidates, dtype)
         return q_values.clone()
 
 
@@ -197,7 +244,13 @@ def _noise_net_layers(net: nn.Module) -> tuple[th.Tensor, list[nn.Linear], list[
 
 
 def _chunked_chain(
-    actor: Any, layers: Any, features_part: th.Tensor, step_parts: th.Tensor, noise: th.Tensor, compiled: bool
+    actor: Any,
+    layers: Any,
+    features_part: th.Tensor,
+    step_parts: th.Tensor,
+    noise: th.Tensor,
+    compiled: bool,
+    dtype: th.dtype = th.float32,
 ) -> th.Tensor:
     """
     The reverse chains of all candidates, chunk by chunk of whole states: every chunk runs its full
@@ -206,6 +259,7 @@ def _chunked_chain(
     :param features_part: The observation block of the first layer, bias included, (B, W)
     :param step_parts: The time block of each sampling step, (S, W)
     :param noise: Chain noise, (S, B, K, d)
+    :param dtype: Compute dtype of the network's first and hidden layers (x and the schedule stay fp32)
     :return: x_0, shape (B, K, d)
     """
     schedule = actor.sampling_schedule
@@ -214,11 +268,11 @@ def _chunked_chain(
     device = features_part.device
     chunks = chunk_states(batch_size, n_samples, chunk_rows_for(device))
     max_rows = max(stop - start for start, stop in chunks) * n_samples
-    mlp = RowMLP(first_weight, activations, linears, max_rows, compiled=compiled)
+    mlp = RowMLP(first_weight, activations, linears, max_rows, compiled=compiled, dtype=dtype)
     out = None if len(chunks) == 1 else th.empty((batch_size, n_samples, action_dim), device=device, dtype=noise.dtype)
     for start, stop in chunks:
         # features and time blocks of every step of this chunk at once: (S, b, W)
-        state_parts = features_part[start:stop].unsqueeze(0) + step_parts.unsqueeze(1)
+        state_parts = (features_part[start:stop].unsqueeze(0) + step_parts.unsqueeze(1)).to(dtype)
         x = noise[0, start:stop] * actor.init_noise_scale
         for i in reversed(range(noise.shape[0])):
             eps = mlp(state_parts[i], x).view_as(x)
@@ -230,7 +284,9 @@ def _chunked_chain(
     return out
 
 
-def _compiled_chain(actor: Any, layers: Any, features_part: th.Tensor, step_parts: th.Tensor, noise: th.Tensor) -> th.Tensor:
+def _compiled_chain(
+    actor: Any, layers: Any, features_part: th.Tensor, step_parts: th.Tensor, noise: th.Tensor, dtype: th.dtype = th.float32
+) -> th.Tensor:
     """The whole reverse chain as one compiled function (small chains of Mish networks on CPU)."""
     schedule = actor.sampling_schedule
     first_weight, linears, _ = layers
@@ -253,6 +309,7 @@ def _compiled_chain(actor: Any, layers: Any, features_part: th.Tensor, step_part
         first_weight,
         [layer.weight for layer in linears],
         [layer.bias for layer in linears],
+        dtype,
     )
 
 
@@ -275,8 +332,11 @@ def _critic_blocks(critic: nn.Module) -> list[tuple[list[nn.Linear], list[nn.Mod
     return blocks
 
 
-def _scoring(path: str, blocks: Any, features: th.Tensor, actions: th.Tensor) -> th.Tensor:
-    """min_i Q_i on (B, K) candidates with the observation block of each critic once per state."""
+def _scoring(path: str, blocks: Any, features: th.Tensor, actions: th.Tensor, dtype: th.dtype = th.float32) -> th.Tensor:
+    """
+    min_i Q_i on (B, K) candidates with the observation block of each critic once per state; the
+    hidden layers in ``dtype``, the observation block, the output layer and the minimum in fp32.
+    """
     batch_size, n_candidates, _ = actions.shape
     features_dim = features.shape[1]
     # Q(s, a) = ... act(W_s s + W_a a + b): the observation block, with the bias, once per state
@@ -290,12 +350,13 @@ def _scoring(path: str, blocks: Any, features: th.Tensor, actions: th.Tensor) ->
             first_weights,
             [[layer.weight for layer in linears[1:]] for linears, _ in blocks],
             [[layer.bias for layer in linears[1:]] for linears, _ in blocks],
+            dtype,
         )
     chunks = chunk_states(batch_size, n_candidates, chunk_rows_for(actions.device))
     max_rows = max(stop - start for start, stop in chunks) * n_candidates
     compiled = path == "chunked_compiled"
     mlps = [
-        RowMLP(first_weight, activations, linears[1:], max_rows, compiled=compiled)
+        RowMLP(first_weight, activations, linears[1:], max_rows, compiled=compiled, dtype=dtype)
         for first_weight, (linears, activations) in zip(first_weights, blocks, strict=True)
     ]
     out = th.empty((batch_size, n_candidates), device=actions.device, dtype=actions.dtype)

@@ -13,7 +13,11 @@ autograd off. They compute the same function as the plain networks:
   ``torch.compile``'d kernel of :func:`~sb3_diffusion.common.networks.mish`, or that function eagerly
   with scratch buffers;
 - small chains and scorings (acting) as one compiled function each, and on CUDA the chain captured as
-  a CUDA graph.
+  a CUDA graph;
+- optionally in bfloat16 (``dtype=th.bfloat16``): the hidden layers' matmuls and activations on
+  bf16 copies of the weights (cast once per call), accumulated in fp32 by the matmul libraries; the
+  per-state parts, the output layer and everything outside the MLP stay fp32 (see
+  :func:`fast_bf16_available` for where it is worth it).
 
 Compilation is controlled by the ``compile_mode`` of the policy (``"auto"``, ``"on"``, ``"off"``) and by
 the environment variable ``SB3_DIFFUSION_COMPILE`` (``auto``/``on``/``off``, or ``1``/``0``), which
@@ -55,6 +59,9 @@ ONEDNN_MIN_ROWS = 256
 # environments needs more fixed-shape variants than dynamo's default of 8 per function
 RECOMPILE_LIMIT = 64
 
+# The compute dtypes of the fast paths, by precision name
+COMPUTE_DTYPES = {"fp32": th.float32, "bf16": th.bfloat16}
+
 _ENV_ALIASES = {"1": "on", "true": "on", "yes": "on", "0": "off", "false": "off", "no": "off"}
 
 
@@ -80,6 +87,25 @@ def resolve_compile_mode(mode: str | bool | None = "auto") -> str:
     return mode
 
 
+def fast_bf16_available(device: th.device) -> bool:
+    """
+    Whether ``device`` has hardware bf16 matmuls: on CPU, AVX512-BF16 or AMX (``amx_bf16``) as torch
+    detects them (x86 only); on CUDA, a device that supports bf16 (compute capability 8.0 and up).
+    Whether it is also *faster* than fp32 depends on the CPU (see ``docs/precision.md``): AMX is
+    several times faster, AVX512-BF16 without AMX is not on every CPU.
+    """
+    if device.type == "cuda":
+        return bool(th.cuda.is_available() and th.cuda.is_bf16_supported())
+    if device.type != "cpu":
+        return False
+    cpu = getattr(th, "cpu", None)
+    checks = ("_is_amx_tile_supported", "_is_avx512_bf16_supported")
+    try:
+        return any(bool(getattr(cpu, name)()) for name in checks if hasattr(cpu, name))
+    except Exception:  # pragma: no cover - depends on the build of torch
+        return False
+
+
 # ---------------------------------------------------------------------------------------------------
 # Functions written for torch.compile (fused into few kernels; the formulas are the plain code's)
 # ---------------------------------------------------------------------------------------------------
@@ -95,12 +121,16 @@ def _mish_kernel(h: th.Tensor) -> None:
     h.copy_(mish(h))
 
 
-def _mish_mlp(h: th.Tensor, weights: list[th.Tensor], biases: list[th.Tensor]) -> th.Tensor:
-    """An MLP from its first layer's pre-activation ``h``: Mish, ``mish(W h + b)`` per hidden layer, the output layer."""
-    h = mish(h)
+def _mish_mlp(h: th.Tensor, weights: list[th.Tensor], biases: list[th.Tensor], dtype: th.dtype) -> th.Tensor:
+    """
+    An MLP from its first layer's pre-activation ``h``: Mish, ``mish(W h + b)`` per hidden layer, the
+    output layer. The hidden layers run in ``dtype`` (weights cast here, inside the compiled graph); the
+    output layer in the dtype of its weights, so a bf16 network still returns fp32 outputs.
+    """
+    h = mish(h.to(dtype))
     for weight, bias in zip(weights[:-1], biases[:-1], strict=True):
-        h = mish(h @ weight.t() + bias)
-    return h @ weights[-1].t() + biases[-1]
+        h = mish(h @ weight.to(dtype).t() + bias.to(dtype))
+    return h.to(weights[-1].dtype) @ weights[-1].t() + biases[-1]
 
 
 def _chain_kernel(
@@ -111,6 +141,7 @@ def _chain_kernel(
     first_weight: th.Tensor,
     weights: list[th.Tensor],
     biases: list[th.Tensor],
+    dtype: th.dtype = th.float32,
 ) -> th.Tensor:
     """
     A whole reverse chain of a Mish noise network (the function of ``DiffusionActor.sample``), every
@@ -123,10 +154,13 @@ def _chain_kernel(
     :param first_weight: Action block of the first layer (W_0, d)
     :param weights: Weights of the following linear layers, the output layer last
     :param biases: Their biases
+    :param dtype: Compute dtype of the first and hidden layers (the chain state and the output stay fp32)
     """
     x = x_start
+    first_weight = first_weight.to(dtype)
     for i in range(noise.shape[0] - 1, -1, -1):
-        eps = _mish_mlp(state_parts[i].unsqueeze(1) + x @ first_weight.t(), weights, biases)
+        h = state_parts[i].unsqueeze(1).to(dtype) + x.to(dtype) @ first_weight.t()
+        eps = _mish_mlp(h, weights, biases, dtype)
         x = reverse_step(x, eps, StepCoefficients(*coefficients[i].unbind()), noise[i] if i > 0 else None)  # type: ignore[arg-type]
     return x
 
@@ -137,6 +171,7 @@ def _min_q_kernel(
     first_weights: list[th.Tensor],
     weights: list[list[th.Tensor]],
     biases: list[list[th.Tensor]],
+    dtype: th.dtype = th.float32,
 ) -> th.Tensor:
     """
     The minimum over Mish critics of Q on k candidates per state (the function of ``min_q``).
@@ -146,11 +181,14 @@ def _min_q_kernel(
     :param first_weights: Per critic, the action block of its first layer (W_0, d)
     :param weights: Per critic, the weights of the following linear layers, the output layer last
     :param biases: Their biases
+    :param dtype: Compute dtype of the first and hidden layers (the Q values are returned in fp32)
     :return: (b, k)
     """
     result = None
+    rows = actions.to(dtype)
     for state_part, first_weight, layer_weights, layer_biases in zip(state_parts, first_weights, weights, biases, strict=True):
-        q_values = _mish_mlp(state_part.unsqueeze(1) + actions @ first_weight.t(), layer_weights, layer_biases).squeeze(-1)
+        h = state_part.unsqueeze(1).to(dtype) + rows @ first_weight.to(dtype).t()
+        q_values = _mish_mlp(h, layer_weights, layer_biases, dtype).squeeze(-1)
         result = q_values if result is None else th.minimum(result, q_values)
     assert result is not None
     return result
@@ -223,13 +261,18 @@ def compiled_kernels_available() -> bool:
 
 
 class _OneDNN:
-    """oneDNN's fp32 linear (``torch.ops.mkldnn._linear_pointwise``), if this build of torch has it."""
+    """oneDNN's fp32 and bf16 linear (``torch.ops.mkldnn._linear_pointwise``), if this build of torch has it."""
 
     def __init__(self) -> None:
         self.available = bool(th.backends.mkldnn.is_available() and hasattr(th.ops.mkldnn, "_linear_pointwise"))
+        try:  # oneDNN's bf16 kernels need AVX512 (torch computes bf16 without them, through other kernels)
+            self.bf16 = self.available and bool(th.ops.mkldnn._is_mkldnn_bf16_supported())
+        except Exception:  # pragma: no cover - depends on the build of torch
+            self.bf16 = False
 
     def usable(self, tensor: th.Tensor) -> bool:
-        return self.available and tensor.device.type == "cpu" and tensor.dtype == th.float32
+        dtype_ok = tensor.dtype == th.float32 or (tensor.dtype == th.bfloat16 and self.bf16)
+        return self.available and tensor.device.type == "cpu" and dtype_ok
 
     def linear(self, h: th.Tensor, weight: th.Tensor, bias: th.Tensor) -> th.Tensor | None:
         """``h @ weight.T + bias`` in a new tensor, or None (and never again) if oneDNN fails."""
@@ -303,6 +346,10 @@ class RowMLP:
     :param hidden: The linear layers after the first one (at least the output layer)
     :param max_rows: Largest number of rows of one ``__call__``
     :param compiled: Use the compiled Mish kernels
+    :param dtype: Compute dtype of the first and hidden layers (None: the weights' dtype). With
+        ``th.bfloat16`` the weights are cast once here, the per-row input is cast at each call, the
+        hidden activations are bf16, and the last hidden activation is widened back to the weights'
+        dtype before the output layer, which runs in that dtype (its output is never rounded to bf16).
     """
 
     def __init__(
@@ -312,14 +359,26 @@ class RowMLP:
         hidden: Sequence[nn.Linear],
         max_rows: int,
         compiled: bool = False,
+        dtype: th.dtype | None = None,
     ):
         assert len(activations) == len(hidden) >= 1
-        self.first_weight_t = first_weight.t()
+        self.dtype = first_weight.dtype if dtype is None else dtype
+        self.output_dtype = hidden[-1].weight.dtype
+        self.first_weight_t = first_weight.to(self.dtype).t()
         self.activations = list(activations)
-        self.layers = [(layer.weight, layer.weight.t(), layer.bias) for layer in hidden]
+        self.layers = []
+        for index, layer in enumerate(hidden):
+            layer_dtype = self.output_dtype if index == len(hidden) - 1 else self.dtype
+            weight, bias = layer.weight.to(layer_dtype), layer.bias.to(layer_dtype)
+            self.layers.append((weight, weight.t(), bias))
         widths = [first_weight.shape[0]] + [layer.out_features for layer in hidden]
-        options = dict(device=first_weight.device, dtype=first_weight.dtype)
-        self.buffers = [th.empty(max_rows, width, **options) for width in widths]  # type: ignore[arg-type]
+        options = dict(device=first_weight.device, dtype=self.dtype)
+        self.buffers = [th.empty(max_rows, width, **options) for width in widths[:-1]]  # type: ignore[arg-type]
+        self.buffers.append(th.empty(max_rows, widths[-1], device=first_weight.device, dtype=self.output_dtype))
+        # the last hidden activation in the output layer's dtype (reduced precision only)
+        self.widened = None
+        if self.dtype != self.output_dtype:
+            self.widened = th.empty(max_rows, widths[-2], device=first_weight.device, dtype=self.output_dtype)
         self.max_rows = max_rows
         self.all_mish = all(_is_mish(act) for act in self.activations)
         self.compiled = compiled and self.all_mish
@@ -336,17 +395,19 @@ class RowMLP:
         """
         :param state_part: (b, W_0) per-state part of the first layer, bias included
         :param x: (b, k, d) per-row inputs
-        :return: (b * k, out_features), a view of an internal buffer (valid until the next call)
+        :return: (b * k, out_features) in the output layer's dtype, a view of an internal buffer (valid
+            until the next call)
         """
         b, k, _ = x.shape
         rows = b * k
         assert rows <= self.max_rows
         h = self.buffers[0][:rows]
+        inputs = x.reshape(rows, -1).to(self.dtype)
         if b == 1:  # acting on one state: the state part is the bias of one addmm
-            th.addmm(state_part[0], x.reshape(rows, -1), self.first_weight_t, out=h)
+            th.addmm(state_part[0].to(self.dtype), inputs, self.first_weight_t, out=h)
         else:
             h.view(b, k, -1).copy_(state_part.unsqueeze(1))
-            h.addmm_(x.reshape(rows, -1), self.first_weight_t)
+            h.addmm_(inputs, self.first_weight_t)
         if self.compiled:
             COMPILED("mish", h)
         else:
@@ -354,6 +415,8 @@ class RowMLP:
         onednn = rows >= ONEDNN_MIN_ROWS and ONEDNN.usable(h)
         for index, (weight, weight_t, bias) in enumerate(self.layers):
             if index == len(self.layers) - 1:  # output layer (a few columns): into its buffer
+                if self.widened is not None:
+                    h = self.widened[:rows].copy_(h)
                 h = th.addmm(bias, h, weight_t, out=self.buffers[index + 1][:rows])
                 break
             out = ONEDNN.linear(h, weight, bias) if onednn else None

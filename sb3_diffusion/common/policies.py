@@ -30,7 +30,7 @@ from sb3_diffusion.common.diffusion import (
     respace_betas,
     respaced_timesteps,
 )
-from sb3_diffusion.common.hot_path import COMPILE_MODES, HotPath
+from sb3_diffusion.common.hot_path import COMPILE_MODES, PRECISIONS, HotPath
 from sb3_diffusion.common.networks import INITIALIZATIONS, NoisePredictionNet, init_mlp_
 from sb3_diffusion.common.utils import check_action_space, check_choice, check_float, check_int, observation_seed
 
@@ -249,6 +249,13 @@ class DiffusionActorPolicy(BasePolicy):
     :param sampling_steps: Cheaper sampling, an option: reverse-chain steps when sampling (None: all
         ``diffusion_steps``); fewer steps use a re-spaced schedule. Training is unchanged.
     :param sampler: ``"ddpm"`` (default) or ``"ddim"`` (deterministic DDIM, eta = 0, an option)
+    :param precision: ``"fp32"`` (default, the faithful setting) or ``"bf16"``: arithmetic of the
+        sampling chains and of the critics' scoring of candidates (behaviour and evaluation actions, TD
+        targets, the actor update's samples). ``"bf16"`` runs their first and hidden layers in bfloat16
+        where the device has hardware bf16 (AVX512-BF16 or AMX on CPU, CUDA with bf16) and falls back
+        to fp32 with a warning elsewhere; parameters, optimizers, gradient steps, the schedule, the
+        output layers, argmax and weights stay fp32. Faster only where bf16 matmuls are (AMX, GPUs):
+        see ``docs/precision.md``.
     """
 
     #: The algorithm's defaults for the arguments of ``__init__`` (a subclass declares them; passing
@@ -297,6 +304,7 @@ class DiffusionActorPolicy(BasePolicy):
         compile_mode: str = "auto",
         sampling_steps: int | None = None,
         sampler: str = "ddpm",
+        precision: str = "fp32",
     ):
         check_action_space(action_space)
         if isinstance(observation_space, spaces.Dict) and features_extractor_class is FlattenExtractor:
@@ -341,7 +349,9 @@ class DiffusionActorPolicy(BasePolicy):
         self.behavior_actor = check_choice("behavior_actor", behavior_actor, ("ema", "online"))
         self.n_critics = check_int("n_critics", n_critics)
         # The seam to the fast paths of sampling and scoring (not saved: a function of these arguments)
-        self.hot_path = HotPath(check_choice("compile_mode", compile_mode, COMPILE_MODES))
+        self.hot_path = HotPath(
+            check_choice("compile_mode", compile_mode, COMPILE_MODES), check_choice("precision", precision, PRECISIONS)
+        )
         self.actor_kwargs = dict(
             observation_space=self.observation_space,
             action_space=self.action_space,
@@ -366,6 +376,11 @@ class DiffusionActorPolicy(BasePolicy):
     def compile_mode(self) -> str:
         """The hot path's compile mode (see :class:`~sb3_diffusion.common.hot_path.HotPath`)."""
         return self.hot_path.compile_mode
+
+    @property
+    def precision(self) -> str:
+        """The hot path's precision, ``"fp32"`` or ``"bf16"`` (see :class:`~sb3_diffusion.common.hot_path.HotPath`)."""
+        return self.hot_path.precision
 
     def _build(self, lr_schedule: Schedule) -> None:
         self.actor = self.make_actor()
@@ -412,6 +427,7 @@ class DiffusionActorPolicy(BasePolicy):
                 features_extractor_kwargs=self.features_extractor_kwargs,
                 n_critics=self.n_critics,
                 compile_mode=self.compile_mode,
+                precision=self.precision,
             )
         )
         return data

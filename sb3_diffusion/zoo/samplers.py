@@ -55,6 +55,9 @@ COMMON_SPACE = (
     Param("tau", "tau", _log_float(1e-3, 0.05)),
     Param("net_arch", POLICY_PREFIX + "net_arch", _choice(*NET_ARCHS), NET_ARCHS.__getitem__),
     Param("diffusion_steps", POLICY_PREFIX + "diffusion_steps", _choice(5, 10, 20)),
+    # arithmetic of the sampling chains and the candidate scoring (bf16 falls back to fp32, with a
+    # warning, where the hardware has no bf16); pin it with -params policy_kwargs:"dict(precision='fp32')"
+    Param("precision", POLICY_PREFIX + "precision", _choice("fp32", "bf16")),
 )
 
 SDAC_SPACE = (
@@ -173,15 +176,15 @@ def _sample(
 
 def sample_sdac_params(trial: optuna.Trial, n_actions: int, n_envs: int, additional_args: dict) -> dict[str, Any]:
     """
-    Sampler for SDAC: learning rates, batch size, gamma, tau, network size, diffusion steps, number of
-    candidates and of reverse samples, initial temperature ``lambda_init`` and ``exploration_scale``.
+    Sampler for SDAC: learning rates, batch size, gamma, tau, network size, diffusion steps, precision,
+    number of candidates and of reverse samples, initial temperature ``lambda_init`` and ``exploration_scale``.
     """
     return _sample(SDAC_SPACE, convert_sdac_params, trial)
 
 
 def sample_qvpo_params(trial: optuna.Trial, n_actions: int, n_envs: int, additional_args: dict) -> dict[str, Any]:
     """
-    Sampler for QVPO: learning rates, batch size, gamma, tau, network size, diffusion steps, training
+    Sampler for QVPO: learning rates, batch size, gamma, tau, network size, diffusion steps, precision, training
     samples per state N_d (``n_policy_samples``), candidates K_b / K_t and the entropy weight.
     """
     return _sample(QVPO_SPACE, convert_qvpo_params, trial)
