@@ -7,17 +7,17 @@ No test needs AVX512-BF16 or AMX: the capability check is monkeypatched. torch c
 CPU (emulated where the instructions are missing: slower, same numbers), so the bf16 paths are tested
 everywhere.
 
-The tolerance. bf16 keeps 8 significant bits: rounding a value to bf16 (to nearest) changes it by at
-most ``u = 2^-8`` relative. The matmul libraries accumulate bf16 products in fp32, so each layer adds about
-``u`` of relative error (its bf16 input and its bf16 output are each rounded once) and Mish, whose
-slope is at most 1.1, passes it on. The output layer and everything after it are fp32. For the small
-networks here (3 rounded layers) that is at most about ``3 u``, relative to the size of the outputs
-(rounding errors of random sign mostly cancel): we allow ``OUTPUT_RTOL * max(1, max |output|)`` with
-``OUTPUT_RTOL = 2 * 3 * u = 0.023`` on Q values and network outputs (measured: 0.006 of the largest
-Q). The sampling chain feeds the predicted noise back through ``x0 = x_t / sqrt(abar) - eps sqrt(1/abar - 1)`` (before the clamp and the
-contraction by the posterior coefficients), which amplifies it by up to a few units at the noisiest
-steps: we allow ``SAMPLE_ATOL = 0.05`` on actions in [-1, 1] (measured: 0.004 with the official
-3 x 256 SDAC network and 20 steps). A test also checks that bf16 really ran (the error is above fp32 rounding), so a silent fp32 fallback fails it.
+The tolerance. bf16 keeps 8 significant bits: rounding a value to bf16 (to nearest) changes it by at most ``u
+= 2^-8`` relative. The matmul libraries accumulate bf16 products in fp32, so each layer adds about ``u`` of
+relative error (its bf16 input and its bf16 output are each rounded once) and Mish, whose slope is at most
+1.1, passes it on. The output layer and everything after it are fp32. For the small networks here (3 rounded
+layers) that is at most about ``3 u``, relative to the size of the outputs (rounding errors of random sign
+mostly cancel): we allow ``OUTPUT_RTOL * max(1, max |output|)`` with ``OUTPUT_RTOL = 2 * 3 * u = 0.023`` on Q
+values and network outputs (measured: 0.006 of the largest Q). The sampling chain feeds the predicted noise
+back through ``x0 = x_t / sqrt(abar) - eps sqrt(1/abar - 1)`` (before the clamp and the contraction by the
+posterior coefficients), which amplifies it by up to a few units at the noisiest steps: we allow ``SAMPLE_ATOL
+= 0.05`` on actions in [-1, 1] (measured: 0.004 with the official 3 x 256 SDAC network and 20 steps). A test
+also checks that bf16 really ran (the error is above fp32 rounding), so a silent fp32 fallback fails it.
 """
 
 import shutil

@@ -273,7 +273,9 @@ def test_trial_id_rebuilds_the_trial(tmp_path):
         study_name="rebuild", storage=optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(storage)))
     )
     study.enqueue_trial({"net_arch": "small", "diffusion_steps": 5, "one_minus_gamma": 0.05 / 2})
-    study.enqueue_trial({"net_arch": "small", "diffusion_steps": 10, "learning_rate": 5e-4, "n_candidates": 8})
+    study.enqueue_trial(
+        {"net_arch": "small", "diffusion_steps": 10, "learning_rate": 5e-4, "n_candidates": 8, "precision": "bf16"}
+    )
     sampled = []
     study.optimize(lambda trial: sampled.append(SAMPLERS["sdac"](trial, 1, 1, {})) or 0.0, n_trials=2)
     # a config with policy keyword arguments the search does not touch: they must survive the rebuild
@@ -282,7 +284,8 @@ def test_trial_id_rebuilds_the_trial(tmp_path):
     args = ["-m", "rl_zoo3.train", "--algo", "sdac", "--env", "Pendulum-v1", "-conf", "mine.yml", "-n", "50"]
     zoo([*args, "--storage", str(storage), "--study-name", "rebuild", "--trial-id", "1", "--eval-freq", "-1"], tmp_path)
     config = saved_config(tmp_path / "logs" / "sdac" / "Pendulum-v1_1")
-    assert config["policy_kwargs"] == {"net_arch": [64, 64], "diffusion_steps": 10, "init_noise_scale": 0.7}
+    expected = {"net_arch": [64, 64], "diffusion_steps": 10, "precision": "bf16", "init_noise_scale": 0.7}
+    assert config["policy_kwargs"] == expected
     assert config["learning_rate"] == 5e-4 and config["n_candidates"] == 8
     assert config["gamma"] == sampled[1]["gamma"] and config["lambda_init"] == sampled[1]["lambda_init"]
     model = ALGORITHMS["sdac"].load(tmp_path / "logs" / "sdac" / "Pendulum-v1_1" / "Pendulum-v1.zip", device="cpu")
