@@ -37,6 +37,9 @@ from typing import Any
 
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from run_results import write_csv
+
 # ------------------------------------------------------------------------------------------ statistics
 
 
@@ -78,16 +81,6 @@ def stratified_bootstrap_ci(
 def read_csv(path: Path) -> list[dict[str, str]]:
     with open(path, newline="") as file:
         return list(csv.DictReader(file))
-
-
-def write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
-    fields: list[str] = []
-    for row in rows:
-        fields += [key for key in row if key not in fields]
-    with open(path, "w", newline="") as file:
-        writer = csv.DictWriter(file, fieldnames=fields)
-        writer.writeheader()
-        writer.writerows(rows)
 
 
 def curves(evaluations: list[dict[str, str]]) -> list[dict[str, Any]]:

@@ -543,12 +543,13 @@ def gather(log_folder: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]]
             view = log_folder / "zoo_view" / spec["algo"] / f"{spec['env']}_{spec['seed']}"
             view.mkdir(parents=True, exist_ok=True)
             np.savez(view / "evaluations.npz", **evaluations)
-    _write_csv(log_folder / "evaluations.csv", eval_rows)
-    _write_csv(log_folder / "runs.csv", run_rows)
+    write_csv(log_folder / "evaluations.csv", eval_rows)
+    write_csv(log_folder / "runs.csv", run_rows)
     return eval_rows, run_rows
 
 
-def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
+def write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
+    """Write dicts as CSV rows; the columns are every key, in first-seen order."""
     fields: list[str] = []
     for row in rows:
         fields += [key for key in row if key not in fields]

@@ -18,9 +18,9 @@ One thread (``torch.set_num_threads(1)``).
 """
 
 import argparse
-import csv
 import math
 import os
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -29,6 +29,9 @@ import gymnasium as gym
 import numpy as np
 import torch as th
 from gymnasium import spaces
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from run_results import write_csv
 
 # (x, y, height, width) of the reward peaks: the global one (height 1) is the last, in a corner
 # far from the second best, so a policy that settles on a local peak is easy to see.
@@ -161,16 +164,6 @@ def bandit_run(
     result["share_none"] = float(np.mean(peaks == -1))
     result["mean_sample_reward"] = float(bandit_reward(samples).mean())
     return {"summary": result, "samples": samples}
-
-
-def write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
-    fields: list[str] = []
-    for row in rows:
-        fields += [key for key in row if key not in fields]
-    with open(path, "w", newline="") as file:
-        writer = csv.DictWriter(file, fieldnames=fields)
-        writer.writeheader()
-        writer.writerows(rows)
 
 
 def landscape(n: int = 201) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
