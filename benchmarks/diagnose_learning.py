@@ -199,13 +199,18 @@ def main() -> None:
     parser.add_argument("--eval-freq", type=int, default=2_000)
     parser.add_argument("--eval-episodes", type=int, default=5)
     parser.add_argument("--zoo", action="store_true", help="start from the shipped RL Zoo config of the task")
-    parser.add_argument("--kwargs", default="{}", help="JSON dict of constructor arguments")
+    parser.add_argument("--kwargs", default="{}", help="JSON dict of constructor arguments (activations by name: \"ReLU\")")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
     th.set_num_threads(args.threads)
     kwargs: dict[str, Any] = zoo_hyperparams(args.algo, args.env) if args.zoo else {}
     kwargs.update(json.loads(args.kwargs))
+    # activations by name in JSON ("ReLU", "nn.ReLU"): the torch.nn class
+    policy_kwargs = kwargs.get("policy_kwargs", {})
+    for key, value in policy_kwargs.items():
+        if key.endswith("activation_fn") and isinstance(value, str):
+            policy_kwargs[key] = getattr(th.nn, value.removeprefix("nn."))
     n_envs = int(kwargs.pop("n_envs", 1))
     env = make_vec_env(args.env, n_envs=n_envs, seed=args.seed)
     eval_env = make_vec_env(args.env, n_envs=1, seed=args.seed + 1000)

@@ -65,6 +65,7 @@ def test_dict_observations(algo):
         (dict(init="xavier"), "init"),
         (dict(behavior_actor="target"), "behavior_actor"),
         (dict(net_arch=[]), "hidden layer"),
+        (dict(critic_activation_fn="relu"), "critic_activation_fn"),
     ],
 )
 def test_bad_policy_arguments(algo, policy_kwargs, match):

@@ -122,6 +122,25 @@ def test_policy_save_load(algo, tmp_path):
     assert policy.actor.diffusion_steps == model.actor.diffusion_steps
 
 
+def test_critic_activation(algo, tmp_path):
+    cls, kwargs = algo
+    policy_kwargs = {**kwargs.get("policy_kwargs", {}), "critic_activation_fn": th.nn.ReLU}
+    model = cls("MlpPolicy", ENV, seed=0, **{**kwargs, "policy_kwargs": policy_kwargs})
+    # the critics (and their targets) use ReLU, the noise network keeps the algorithm's activation
+    for critic in (model.critic, model.critic_target):
+        assert {type(m) for m in critic.modules() if not isinstance(m, (th.nn.Linear, th.nn.Sequential))} >= {th.nn.ReLU}
+        assert not any(isinstance(m, th.nn.Mish) for m in critic.modules())
+    assert any(isinstance(m, th.nn.Mish) for m in model.actor.modules())
+    model.learn(70)
+    observations = np.random.default_rng(2).uniform(-1, 1, size=(3, 3)).astype(np.float32)
+    actions, _ = model.predict(observations, deterministic=True)
+    model.save(tmp_path / "model.zip")
+    loaded = cls.load(tmp_path / "model.zip")
+    assert loaded.policy.critic_activation_fn is th.nn.ReLU
+    assert not any(isinstance(m, th.nn.Mish) for m in loaded.critic.modules())
+    np.testing.assert_array_equal(loaded.predict(observations, deterministic=True)[0], actions)
+
+
 def test_callbacks_nstep_vecnormalize_progress_bar(algo, tmp_path):
     cls, kwargs = algo
     env = VecNormalize(make_vec_env(ENV, n_envs=2, seed=0), norm_reward=True)

@@ -220,6 +220,8 @@ class DiffusionActorPolicy(BasePolicy):
     :param lr_schedule: Learning rate schedule (could be constant)
     :param net_arch: Hidden sizes: a list for both networks, or ``dict(pi=[...], qf=[...])``
     :param activation_fn: Activation function (``Mish``: exact Mish with a fast form without autograd)
+    :param critic_activation_fn: Activation function of the critics, an option (None: ``activation_fn``,
+        as both official codes do; ``nn.ReLU`` gives critics like SB3 SAC's)
     :param diffusion_steps: Number of diffusion steps T
     :param beta_schedule: ``"cosine"``, ``"linear"`` or ``"vp"``
     :param init_noise_scale: Standard deviation of the reverse chain's starting point
@@ -305,6 +307,7 @@ class DiffusionActorPolicy(BasePolicy):
         sampling_steps: int | None = None,
         sampler: str = "ddpm",
         precision: str = "fp32",
+        critic_activation_fn: type[nn.Module] | None = None,
     ):
         check_action_space(action_space)
         if isinstance(observation_space, spaces.Dict) and features_extractor_class is FlattenExtractor:
@@ -325,6 +328,13 @@ class DiffusionActorPolicy(BasePolicy):
         actor_arch, critic_arch = get_actor_critic_arch(net_arch)
         self.net_arch = net_arch
         self.activation_fn = activation_fn
+        if critic_activation_fn is not None and not (
+            isinstance(critic_activation_fn, type) and issubclass(critic_activation_fn, nn.Module)
+        ):
+            raise ValueError(
+                f"critic_activation_fn must be None or an nn.Module class such as nn.ReLU, got {critic_activation_fn!r}"
+            )
+        self.critic_activation_fn = critic_activation_fn
         self.diffusion_kwargs = dict(
             diffusion_steps=check_int("diffusion_steps", diffusion_steps),
             beta_schedule=check_choice("beta_schedule", beta_schedule, BETA_SCHEDULES),
@@ -364,7 +374,7 @@ class DiffusionActorPolicy(BasePolicy):
             observation_space=self.observation_space,
             action_space=self.action_space,
             net_arch=critic_arch,
-            activation_fn=activation_fn,
+            activation_fn=activation_fn if critic_activation_fn is None else critic_activation_fn,
             normalize_images=normalize_images,
             n_critics=n_critics,
             share_features_extractor=False,
@@ -428,6 +438,7 @@ class DiffusionActorPolicy(BasePolicy):
                 n_critics=self.n_critics,
                 compile_mode=self.compile_mode,
                 precision=self.precision,
+                critic_activation_fn=self.critic_activation_fn,
             )
         )
         return data
