@@ -199,7 +199,7 @@ def main() -> None:
     parser.add_argument("--eval-freq", type=int, default=2_000)
     parser.add_argument("--eval-episodes", type=int, default=5)
     parser.add_argument("--zoo", action="store_true", help="start from the shipped RL Zoo config of the task")
-    parser.add_argument("--kwargs", default="{}", help="JSON dict of constructor arguments (activations by name: \"ReLU\")")
+    parser.add_argument("--kwargs", default="{}", help='JSON dict of constructor arguments (activations by name: "ReLU")')
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
