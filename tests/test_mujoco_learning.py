@@ -1,7 +1,7 @@
 """
 Slow learning checks on MuJoCo with the shipped RL Zoo configurations (docs/learning.md).
 
-Run with ``python -m pytest -m slow -s -k mujoco``.
+Run with ``python -m pytest -m slow -s -k pendulum_balances`` (about 30 minutes per case on one core).
 """
 
 import time
@@ -29,19 +29,23 @@ def shipped_config(algo: str, env_id: str) -> tuple[dict, int]:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(("cls", "algo"), [(QVPO, "qvpo")], ids=["QVPO"])
-def test_inverted_pendulum_balances(cls, algo, tmp_path):
-    # SDAC does not learn this task at small budgets yet (docs/learning.md): only QVPO is checked here
-    config, n_timesteps = shipped_config(algo, "InvertedPendulum-v5")
+@pytest.mark.parametrize(
+    ("cls", "algo", "env_id", "balanced"),
+    [(QVPO, "qvpo", "InvertedPendulum-v5", 1000), (QVPO, "qvpo", "InvertedDoublePendulum-v5", 9000)],
+    ids=["QVPO-inverted_pendulum", "QVPO-inverted_double_pendulum"],
+)
+def test_pendulum_balances(cls, algo, env_id, balanced, tmp_path):
+    # SDAC does not learn these tasks at small budgets yet (docs/learning.md): only QVPO is checked here.
+    # Balanced: the pole stands for all 1000 steps (InvertedPendulum: +1 per step; InvertedDoublePendulum:
+    # about 9.36 per step, 9360 at most, SB3 SAC's score from 12k steps on)
+    config, n_timesteps = shipped_config(algo, env_id)
     assert n_timesteps <= 20_000
     start = time.perf_counter()
-    eval_env = make_vec_env("InvertedPendulum-v5", n_envs=1, seed=1000)
+    eval_env = make_vec_env(env_id, n_envs=1, seed=1000)
     callback = EvalCallback(eval_env, n_eval_episodes=5, eval_freq=2000, deterministic=True, log_path=str(tmp_path), verbose=0)
-    model = cls("MlpPolicy", make_vec_env("InvertedPendulum-v5", n_envs=1, seed=0), seed=0, **config)
+    model = cls("MlpPolicy", make_vec_env(env_id, n_envs=1, seed=0), seed=0, **config)
     model.learn(n_timesteps, callback=callback)
     evaluations = np.load(tmp_path / "evaluations.npz")["results"].mean(axis=1)
-    print(
-        f"{cls.__name__} InvertedPendulum-v5 seed 0: {np.round(evaluations).tolist()} in {time.perf_counter() - start:.0f} s"
-    )
-    # balanced for 1000 steps in all 5 evaluation episodes at some evaluation within the budget
-    assert evaluations.max() >= 1000, evaluations
+    print(f"{cls.__name__} {env_id} seed 0: {np.round(evaluations).tolist()} in {time.perf_counter() - start:.0f} s")
+    # balanced in all 5 evaluation episodes at some evaluation within the budget
+    assert evaluations.max() >= balanced, evaluations
