@@ -43,7 +43,7 @@ def zoo_hyperparams(algo: str, env_id: str) -> dict[str, Any]:
     for key in ("n_timesteps", "policy", "normalize", "env_wrapper", "callback", "frame_stack"):
         config.pop(key, None)
     if isinstance(config.get("policy_kwargs"), str):
-        config["policy_kwargs"] = eval(config["policy_kwargs"])
+        config["policy_kwargs"] = eval(config["policy_kwargs"], {"nn": th.nn})  # RL Zoo's string form
     return config
 
 

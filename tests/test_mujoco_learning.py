@@ -13,7 +13,9 @@ import yaml
 from stable_baselines3.common.callbacks import EvalCallback
 from stable_baselines3.common.env_util import make_vec_env
 
-from sb3_diffusion import QVPO
+from torch import nn
+
+from sb3_diffusion import QVPO, SDAC
 
 HYPERPARAMS = Path(__file__).resolve().parents[1] / "hyperparams"
 
@@ -24,6 +26,8 @@ def shipped_config(algo: str, env_id: str) -> tuple[dict, int]:
         config = dict(yaml.safe_load(file)[env_id])
     n_timesteps = int(config.pop("n_timesteps"))
     config.pop("policy")
+    if isinstance(config.get("policy_kwargs"), str):  # RL Zoo's string form, evaluated with torch.nn as nn
+        config["policy_kwargs"] = eval(config["policy_kwargs"], {"nn": nn})
     assert int(config.pop("n_envs", 1)) == 1, "these checks run one environment"
     return config, n_timesteps
 
@@ -31,15 +35,20 @@ def shipped_config(algo: str, env_id: str) -> tuple[dict, int]:
 @pytest.mark.slow
 @pytest.mark.parametrize(
     ("cls", "algo", "env_id", "balanced"),
-    [(QVPO, "qvpo", "InvertedPendulum-v5", 1000), (QVPO, "qvpo", "InvertedDoublePendulum-v5", 9000)],
-    ids=["QVPO-inverted_pendulum", "QVPO-inverted_double_pendulum"],
+    [
+        (QVPO, "qvpo", "InvertedPendulum-v5", 1000),
+        (QVPO, "qvpo", "InvertedDoublePendulum-v5", 9000),
+        (SDAC, "sdac", "InvertedPendulum-v5", 1000),
+    ],
+    ids=["QVPO-inverted_pendulum", "QVPO-inverted_double_pendulum", "SDAC-inverted_pendulum"],
 )
 def test_pendulum_balances(cls, algo, env_id, balanced, tmp_path):
-    # SDAC does not learn these tasks at small budgets yet (docs/learning.md): only QVPO is checked here.
-    # Balanced: the pole stands for all 1000 steps (InvertedPendulum: +1 per step; InvertedDoublePendulum:
-    # about 9.36 per step, 9360 at most, SB3 SAC's score from 12k steps on)
+    # SDAC's entry takes critics like SAC's (docs/learning.md, section 10) and 26k steps; SDAC on
+    # InvertedDoublePendulum has no small-budget entry yet. Balanced: the poles stand for all 1000
+    # steps (InvertedPendulum: +1 per step; InvertedDoublePendulum: about 9.36 per step, 9360 at most,
+    # SB3 SAC's score from 12k steps on)
     config, n_timesteps = shipped_config(algo, env_id)
-    assert n_timesteps <= 20_000
+    assert n_timesteps <= 26_000
     start = time.perf_counter()
     eval_env = make_vec_env(env_id, n_envs=1, seed=1000)
     callback = EvalCallback(eval_env, n_eval_episodes=5, eval_freq=2000, deterministic=True, log_path=str(tmp_path), verbose=0)

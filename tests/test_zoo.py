@@ -21,6 +21,7 @@ from pathlib import Path
 
 import gymnasium as gym
 import pytest
+import torch as th
 import yaml
 
 pytest.importorskip("rl_zoo3")
@@ -373,10 +374,10 @@ def test_config_entries_name_known_envs(algo):
     # The papers' budgets: QVPO 1M steps; SDAC 1M steps with 5 envs after a 30k warm-up that SB3 counts
     expected = {"sdac": dict(n_envs=5, n_timesteps=1_030_000), "qvpo": dict(n_timesteps=1_000_000)}[algo]
     # except the small-budget entries of docs/learning.md (the older task names keep the official ones)
-    small_budget = {"sdac": set(), "qvpo": {"InvertedPendulum-v5", "InvertedDoublePendulum-v5"}}[algo]
+    small_budget = {"sdac": {"InvertedPendulum-v5"}, "qvpo": {"InvertedPendulum-v5", "InvertedDoublePendulum-v5"}}[algo]
     for env_id in MUJOCO_TASKS:
         if env_id in small_budget:
-            assert entries[env_id]["n_timesteps"] <= 20_000
+            assert entries[env_id]["n_timesteps"] <= 26_000
         else:
             assert {key: entries[env_id][key] for key in expected} == expected
 
@@ -418,6 +419,10 @@ def test_config_builds_a_model(algo, env_id, tmp_path, monkeypatch):
         assert isinstance(model, ALGORITHMS[algo])
         assert model.n_envs == hyperparams.get("n_envs", 1)
         policy_kwargs = hyperparams.get("policy_kwargs", {})
+        if isinstance(policy_kwargs, str):  # RL Zoo's string form, evaluated with torch.nn as nn
+            policy_kwargs = eval(policy_kwargs, {"nn": th.nn})
+            if "critic_activation_fn" in policy_kwargs:
+                assert not any(isinstance(m, th.nn.Mish) for m in model.critic.modules())
         if "diffusion_steps" in policy_kwargs:
             assert model.policy.actor.diffusion_steps == policy_kwargs["diffusion_steps"]
     finally:
