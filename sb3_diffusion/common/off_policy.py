@@ -18,7 +18,7 @@ from stable_baselines3.common.type_aliases import GymEnv, MaybeCallback, Rollout
 from stable_baselines3.common.utils import polyak_update
 from stable_baselines3.common.vec_env import VecEnv
 
-from sb3_diffusion.common import safety
+from sb3_diffusion.common import safety, threads
 from sb3_diffusion.common.policies import DiffusionActor, DiffusionActorPolicy
 from sb3_diffusion.common.save_util import (
     PICKLE_ERRORS,
@@ -28,6 +28,7 @@ from sb3_diffusion.common.save_util import (
     is_path,
     load_pickle_error,
 )
+from sb3_diffusion.common.threads import ThreadChoice
 from sb3_diffusion.common.utils import check_action_space, check_float, check_int
 
 SelfDiffusionOffPolicyAlgorithm = TypeVar("SelfDiffusionOffPolicyAlgorithm", bound="DiffusionOffPolicyAlgorithm")
@@ -55,6 +56,11 @@ class DiffusionOffPolicyAlgorithm(OffPolicyAlgorithm):
       :class:`~sb3_diffusion.common.safety.NonFiniteError` before any parameter becomes non-finite.
     - An environment that crashes in a ``SubprocVecEnv`` worker raises
       :class:`~sb3_diffusion.common.safety.EnvironmentWorkerError` naming the environment and the step.
+
+    Threads: ``learn`` runs small configurations on one CPU thread unless the user chose a thread count,
+    and restores the caller's count when it returns (the rule: :mod:`sb3_diffusion.common.threads`).
+    The choice is in ``model.thread_choice``, logged as ``time/num_threads`` and printed once at
+    ``verbose >= 1``.
     """
 
     policy: DiffusionActorPolicy
@@ -69,6 +75,8 @@ class DiffusionOffPolicyAlgorithm(OffPolicyAlgorithm):
     _owed_gradient_steps: int = 0  # saved: gradient steps due after the step at which a checkpoint was written
     _env_ids: list[str | None] | None = None
     _reset_observations_unchecked: bool = True
+    thread_choice: ThreadChoice | None = None  # what the last learn() did with torch's thread count
+    _printed_thread_choice: ThreadChoice | None = None
     # Not saved: what exists only while one process runs
     _runtime_attributes: ClassVar[tuple[str, ...]] = (
         "_step_in_progress",
@@ -76,6 +84,8 @@ class DiffusionOffPolicyAlgorithm(OffPolicyAlgorithm):
         "_env_ids",
         "_reset_observations_unchecked",
         "_resume_to_total",
+        "thread_choice",
+        "_printed_thread_choice",
     )
 
     @staticmethod
@@ -263,6 +273,57 @@ class DiffusionOffPolicyAlgorithm(OffPolicyAlgorithm):
             self._update_current_progress_remaining(self.num_timesteps, self._total_timesteps)
             self.train(gradient_steps=owed, batch_size=self.batch_size)
         return total_timesteps, callback
+
+    # ------------------------------------------------------------------ threads
+
+    def learn(
+        self: SelfDiffusionOffPolicyAlgorithm,
+        total_timesteps: int,
+        callback: MaybeCallback = None,
+        log_interval: int = 4,
+        tb_log_name: str = "run",
+        reset_num_timesteps: bool = True,
+        progress_bar: bool = False,
+    ) -> SelfDiffusionOffPolicyAlgorithm:
+        """
+        SB3's ``learn``, on the number of CPU threads of :meth:`choose_threads` (one for small
+        configurations unless the user chose a count); the caller's count is restored when it returns.
+        """
+        choice = self.choose_threads()
+        self.thread_choice = choice
+        if self.verbose >= 1 and choice != self._printed_thread_choice:
+            print(f"sb3_diffusion: learn() runs on {choice.num_threads} thread(s): {choice.reason}")
+            self._printed_thread_choice = choice
+        with threads.thread_scope(choice.num_threads):
+            return super().learn(  # type: ignore[return-value]
+                total_timesteps=total_timesteps,
+                callback=callback,
+                log_interval=log_interval,
+                tb_log_name=tb_log_name,
+                reset_num_timesteps=reset_num_timesteps,
+                progress_bar=progress_bar,
+            )
+
+    def choose_threads(self) -> ThreadChoice:
+        """The thread count for ``learn()`` (the rule: :func:`sb3_diffusion.common.threads.choose_threads`)."""
+        return threads.choose_threads(self.device, self.update_work_elements())
+
+    def update_work_elements(self) -> int:
+        """Elements of the largest batched operation of one update (:func:`sb3_diffusion.common.threads.work_elements`)."""
+        widths = {"actor": threads.network_width(self.actor), "critic": threads.network_width(self.critic)}
+        return threads.work_elements((states, per_state, widths[net]) for states, per_state, net in self._batched_calls())
+
+    def _batched_calls(self) -> list[tuple[int, int, str]]:
+        """
+        ``(states, rows per state, "actor" or "critic")`` of the batched calls of one update (the
+        sampling chains, the scoring of candidates, the largest gradient pass): the subclass's.
+        """
+        raise NotImplementedError
+
+    def dump_logs(self) -> None:
+        if self.thread_choice is not None:
+            self.logger.record("time/num_threads", self.thread_choice.num_threads, exclude="tensorboard")
+        super().dump_logs()
 
     # ------------------------------------------------------------------ checks
 

@@ -276,6 +276,16 @@ class QVPO(DiffusionOffPolicyAlgorithm):
         predicted_noise = self.actor.predict_noise(obs_rows, noisy_actions, t)
         return (row_weights[:, None] * (predicted_noise - noise).square()).mean()
 
+    def _batched_calls(self) -> list[tuple[int, int, str]]:
+        batch_size = self.batch_size
+        return [
+            (batch_size, self.n_target_candidates, "actor"),  # TD target: best-of-K_t chains
+            (batch_size, self.n_target_candidates, "critic"),  # and their scoring
+            (batch_size, self.n_policy_samples, "actor"),  # the actor's N_d samples
+            (batch_size, self.n_policy_samples, "critic"),  # and their scoring
+            (batch_size, 1 + self.n_uniform_samples, "actor"),  # the actor's gradient pass
+        ]
+
     def train(self, gradient_steps: int, batch_size: int = 64) -> None:
         # Switch to train mode (this affects batch norm / dropout)
         self.policy.set_training_mode(True)

@@ -335,6 +335,18 @@ class SDAC(DiffusionOffPolicyAlgorithm):
         self._sync_exploration_std()
         return lambda_loss.detach()
 
+    def _batched_calls(self) -> list[tuple[int, int, str]]:
+        batch_size = self.batch_size
+        n_target = self.n_candidates if self.n_target_candidates is None else self.n_target_candidates
+        merged = 2 * batch_size if n_target == self.n_candidates else batch_size  # see _best_actions
+        return [
+            (merged, self.n_candidates, "actor"),  # best-of-K chains (TD target, with the actor's on actor steps)
+            (merged, self.n_candidates, "critic"),  # and their scoring
+            (batch_size, n_target, "actor"),
+            (batch_size, n_target, "critic"),
+            (batch_size, self.n_reverse_samples, "critic"),  # scoring of the reverse samples
+        ]
+
     def train(self, gradient_steps: int, batch_size: int = 64) -> None:
         # Switch to train mode (this affects batch norm / dropout)
         self.policy.set_training_mode(True)
