@@ -87,8 +87,19 @@ def work_elements(calls: Iterable[tuple[int, int, int]], chunk_rows: int = DEFAU
 
 
 def network_width(module: nn.Module) -> int:
-    """The largest output size of the linear layers of ``module`` (the width of an MLP's hidden layers)."""
-    return max((layer.out_features for layer in module.modules() if isinstance(layer, nn.Linear)), default=0)
+    """
+    The largest output size of the linear layers that run per candidate row in ``module`` (the width of
+    an MLP's hidden layers). A noise network's time MLP runs once per diffusion step, not per row, and
+    is left out.
+    """
+    return max(
+        (
+            layer.out_features
+            for name, layer in module.named_modules()
+            if isinstance(layer, nn.Linear) and "time_mlp" not in name.split(".")
+        ),
+        default=0,
+    )
 
 
 def _user_env() -> str | None:
