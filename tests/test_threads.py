@@ -101,6 +101,12 @@ def test_work_elements_follow_the_chunks():
     assert work_elements([]) == 0
 
 
+def test_network_width_is_the_per_row_width():
+    model = QVPO("MlpPolicy", ENV, buffer_size=1000, policy_kwargs=dict(net_arch=dict(pi=[32, 48], qf=[40, 24])))
+    # not QVPO's 256-wide time MLP, which runs once per step
+    assert threads.network_width(model.actor.noise_net) == 48 and threads.network_width(model.critic) == 40
+
+
 def _zoo_kwargs(algo: str) -> dict:
     config = yaml.safe_load(config_path(algo).read_text())["Pendulum-v1"]
     return {key: value for key, value in config.items() if key not in ("policy", "n_timesteps")}
