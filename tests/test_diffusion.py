@@ -169,3 +169,23 @@ def test_noise_network_is_a_plain_mlp_on_the_concatenation():
     time_features = net.time_mlp(net.time_embedding(t))
     plain = net.body(first(th.cat([features, x_t, time_features], dim=1)))
     th.testing.assert_close(net(features, x_t, t), plain)
+
+
+def test_time_block_once_per_step_is_the_same_function_and_gradient():
+    """With n_steps, the time block of N rows is computed for the n_steps steps and gathered."""
+    th.manual_seed(0)
+    net = NoisePredictionNet(5, 2, [32, 32], time_embed_dim=8, time_hidden_dim=64)
+    features, x_t, t = th.randn(300, 5), th.randn(300, 2), th.randint(10, (300,))
+    outputs, grads = [], []
+    for n_steps in (None, 10):
+        net.zero_grad()
+        output = net(features, x_t, t, n_steps=n_steps)
+        output.square().mean().backward()
+        outputs.append(output.detach())
+        grads.append([p.grad.clone() for p in net.parameters()])
+    th.testing.assert_close(outputs[1], outputs[0], rtol=1e-6, atol=1e-6)
+    for with_steps, per_row in zip(grads[1], grads[0], strict=True):
+        th.testing.assert_close(with_steps, per_row, rtol=1e-5, atol=1e-7)
+    # fewer rows than steps: per row, as before
+    few = (features[:4], x_t[:4], t[:4])
+    th.testing.assert_close(net(*few, n_steps=10), net(*few), rtol=0, atol=0)

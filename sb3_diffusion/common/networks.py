@@ -175,16 +175,24 @@ class NoisePredictionNet(nn.Module):
         """The time block's contribution to the first layer at integer steps ``t`` (shape (N,)): shape (N, width)."""
         return self.time_in(self.time_mlp(self.time_embedding(t)))
 
-    def forward(self, features: th.Tensor, x_t: th.Tensor, t: th.Tensor) -> th.Tensor:
+    def forward(self, features: th.Tensor, x_t: th.Tensor, t: th.Tensor, n_steps: int | None = None) -> th.Tensor:
         """
         Predict the noise of a batch of rows, each with its own step.
 
         :param features: Observation features, shape (N, features_dim)
         :param x_t: Noisy actions, shape (N, d)
         :param t: Integer steps, shape (N,)
+        :param n_steps: If given, every step is in ``[0, n_steps)``, and with more rows than steps the
+            time block is computed once per step and gathered for the rows (the same function, and the
+            same gradient up to float rounding): a training batch of N rows then runs the time MLP on
+            ``n_steps`` rows instead of N (QVPO's is 256 wide)
         :return: Predicted noise, shape (N, d)
         """
-        return self.body(self.features_in(features) + self.action_in(x_t) + self.time_part(t))
+        if n_steps is not None and t.shape[0] > n_steps:
+            time_part = self.time_part(th.arange(n_steps, device=t.device))[t]
+        else:
+            time_part = self.time_part(t)
+        return self.body(self.features_in(features) + self.action_in(x_t) + time_part)
 
 
 def min_q(critic: nn.Module, obs: PyTorchObs, actions: th.Tensor) -> th.Tensor:

@@ -136,9 +136,12 @@ class DiffusionActor(BasePolicy):
         return len(self.sampling_timesteps)
 
     def predict_noise(self, obs: PyTorchObs, x_t: th.Tensor, t: th.Tensor) -> th.Tensor:
-        """``eps_theta(s, a_t, t)`` for rows that each have their own step (the training forward)."""
+        """
+        ``eps_theta(s, a_t, t)`` for rows that each have their own step (the training forward; the time
+        block once per step of the schedule, see :class:`~sb3_diffusion.common.networks.NoisePredictionNet`).
+        """
         features = self.extract_features(obs, self.features_extractor)
-        return self.noise_net(features, x_t, t)
+        return self.noise_net(features, x_t, t, n_steps=self.diffusion_steps)
 
     def draw_chain_noise(self, batch_size: int, n_samples: int, generators: list[th.Generator] | None = None) -> th.Tensor:
         """
