@@ -1,4 +1,7 @@
-"""The thread count of learn(): the rule (user's count or not, small or large work), the restore, no change to results."""
+"""
+Small configurations: the thread count of learn() (the rule: user's count or not, small or large work; the
+restore; no change to results) and the cheaper Polyak update.
+"""
 
 import numpy as np
 import pytest
@@ -6,9 +9,11 @@ import torch as th
 import yaml
 from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.logger import KVWriter, Logger
+from stable_baselines3.common.utils import polyak_update
 
 from sb3_diffusion import QVPO, SDAC
 from sb3_diffusion.common import threads
+from sb3_diffusion.common.off_policy import polyak
 from sb3_diffusion.common.threads import SMALL_WORK_ELEMENTS, choose_threads, work_elements
 from sb3_diffusion.zoo import config_path
 
@@ -171,3 +176,20 @@ def test_the_thread_choice_changes_no_result(default_two, algo, monkeypatch):
         np.testing.assert_array_equal(a, b)
     for name, value in params_a.items():
         assert th.equal(value, params_b[name]), name
+
+
+# ------------------------------------------------------------------ the Polyak update
+
+
+@pytest.mark.parametrize("tau", [0.005, 0.0, 1.0])
+def test_polyak_gives_sb3s_numbers(tau):
+    generator = th.Generator().manual_seed(0)
+    shapes = [(64, 3), (64,), (64, 64), (1, 64), (1,)]
+    params = [th.randn(shape, generator=generator, requires_grad=True) for shape in shapes]
+    targets = [th.randn(shape, generator=generator) for shape in shapes]
+    expected = [t.clone() for t in targets]
+    polyak_update(params, expected, tau)
+    polyak(params, targets, tau)
+    assert all(th.equal(a, b) for a, b in zip(targets, expected, strict=True))
+    with pytest.raises(ValueError, match="polyak"):
+        polyak(params, targets[:-1], tau)
