@@ -209,7 +209,7 @@ def test_two_workers_share_one_study(kind, tmp_path):
         storage = str(tmp_path / "study.log")
         study_storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(storage))
         worker = readme_commands("On one machine, a journal file")[0]
-        worker = [*with_values(worker, storage=storage, study_name=study_name, n_trials="2", max_total_trials="4")]
+        worker = [*with_values(worker, storage=storage, study_name=study_name, max_total_trials="4")]
         worker += ["-n", "200", "--n-evaluations", "1", *small, *pins]  # (--num-threads 1 is in the recipe)
         retrain = ["python", "-m", "rl_zoo3.train", "--algo", "sdac", "--env", "Pendulum-v1", "--storage", storage]
         retrain += ["--study-name", study_name, "--trial-id", "N"]
@@ -225,7 +225,7 @@ def test_two_workers_share_one_study(kind, tmp_path):
         zoo([*as_subprocess(create)], tmp_path)
         worker = recipe_command(recipe, "rl_zoo3.train", "-optimize")
         worker = with_values(
-            worker, env="Pendulum-v1", n_trials="2", max_total_trials="4", n="200", n_evaluations="1", **names
+            worker, env="Pendulum-v1", max_total_trials="4", n="200", n_evaluations="1", **names
         )
         worker += [*small, "--num-threads", "1", *pins]
         best_trial = with_values(recipe_command(recipe, "best-trial"), **names)
@@ -246,9 +246,10 @@ def test_two_workers_share_one_study(kind, tmp_path):
         output = (folder / "output.txt").read_text()
         assert process.returncode == 0, output[-4000:]
         finished.append({int(number) for number in re.findall(r"Trial (\d+) finished", output)})
-    # Each worker ran 2 trials of the one study; no trial lost (all 4 complete) or run twice
+    # The workers shared the study's 4 trials (how many each took depends on its speed, as RL Zoo's
+    # --max-total-trials counts the study, not the worker): no trial lost (all 4 complete) or run twice
     study = optuna.load_study(study_name=study_name, storage=study_storage)
-    assert len(finished[0]) == len(finished[1]) == 2 and not finished[0] & finished[1], finished
+    assert sum(map(len, finished)) == 4 and not finished[0] & finished[1], finished
     assert [trial.number for trial in study.trials] == [0, 1, 2, 3] and finished[0] | finished[1] == {0, 1, 2, 3}
     assert [trial.state for trial in study.trials] == [optuna.trial.TrialState.COMPLETE] * 4
     best = study.best_trial
