@@ -400,7 +400,7 @@ def main() -> None:
     parser.add_argument("--only", choices=["bandit", "score"], default=None)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0], help="bandit seeds (the first is drawn)")
     parser.add_argument("--bandit-steps", type=int, default=BANDIT_STEPS)
-    parser.add_argument("--score-steps", type=int, default=2000)
+    parser.add_argument("--score-steps", type=int, default=10000)
     args = parser.parse_args()
     th.set_num_threads(1)
     os.makedirs(args.out, exist_ok=True)
