@@ -12,6 +12,13 @@ writes, in ``--out``:
 - ``final_scores.csv`` and ``final_scores.md``: per task and algorithm the score of each run (the mean
   return of its last evaluation), their mean and standard deviation, the interquartile mean (IQM) with
   a 95% stratified-bootstrap interval, the budget, and the median wall and CPU time per run;
+- with ``--diagnose LABEL=GLOB``: runs of ``benchmarks/diagnose_learning.py`` (its CSV and the JSON
+  beside it) added under the algorithm name ``LABEL``, for agents that were not run through the
+  pipeline; they are a different harness (their own evaluation of the deterministic policy), so give
+  them a label that says so (for example ``sdac*``) and use the same evaluation frequency and episodes;
+- with ``--budget N``: evaluations after step N are left out (runs that went on longer);
+- with ``--threshold R``: ``final_scores`` also gives, per run, the first evaluation step whose mean
+  return reaches R (``-`` if none);
 - with ``--zoo-plots``: also RL Zoo's own plot (``rl_zoo3.plots.all_plots`` on the pipeline's
   ``zoo_view``, then ``rl_zoo3.plots.plot_from_file``), ``zoo_<env>.png``; it needs ``seaborn`` and
   ``pytablewriter`` (the ``benchmarks`` extra).
@@ -83,6 +90,70 @@ def read_csv(path: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(file))
 
 
+def diagnose_runs(label: str, pattern: str) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """
+    Evaluation and run rows, in the pipeline's format, from ``benchmarks/diagnose_learning.py`` runs
+    (every CSV matching ``pattern`` whose JSON config lies beside it), under the algorithm name ``label``.
+    """
+    import glob
+    import json
+
+    eval_rows, run_rows = [], []
+    paths = sorted(glob.glob(pattern))
+    if not paths:
+        raise SystemExit(f"--diagnose {label}={pattern}: no file matches")
+    for path in map(Path, paths):
+        config = json.loads(path.with_suffix(".json").read_text())
+        rows = read_csv(path)
+        for row in rows:
+            eval_rows.append(
+                {"algo": label, "env": config["env"], "seed": str(config["seed"]), "timestep": int(float(row["timesteps"])),
+                 "return_mean": float(row["eval_mean"]), "return_std": float(row["eval_std"])}
+            )  # fmt: skip
+        run_rows.append(
+            {
+                "algo": label,
+                "env": config["env"],
+                "seed": str(config["seed"]),
+                "steps": config["steps"],
+                "status": "complete",
+                "wall_s": float(rows[-1]["wall_s"]) if rows else float("nan"),
+                "cpu_s": float("nan"),
+                "hyperparams": f"diagnose_learning.py, {path.name}",
+                "params": "",
+            }
+        )
+    return eval_rows, run_rows
+
+
+def cut_at_budget(
+    evaluations: list[dict[str, Any]], runs: list[dict[str, Any]], budget: int
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Leave out evaluations after ``budget`` steps; each run's final return is then its last one kept."""
+    kept = [row for row in evaluations if int(row["timestep"]) <= budget]
+    last: dict[tuple[str, str, str], tuple[int, float]] = {}
+    for row in kept:
+        key = (row["algo"], row["env"], str(row["seed"]))
+        if key not in last or int(row["timestep"]) > last[key][0]:
+            last[key] = (int(row["timestep"]), float(row["return_mean"]))
+    cut_runs = []
+    for run in runs:
+        step, value = last.get((run["algo"], run["env"], str(run["seed"])), (0, float("nan")))
+        cut_runs.append({**run, "steps": min(int(run["steps"]), budget), "final_return": value, "last_timestep": step})
+    return kept, cut_runs
+
+
+def first_reaching(evaluations: list[dict[str, Any]], threshold: float) -> dict[tuple[str, str, str], int | None]:
+    """Per run (algo, env, seed): the first evaluation step whose mean return is at least ``threshold``."""
+    first: dict[tuple[str, str, str], int | None] = {}
+    for row in sorted(evaluations, key=lambda r: int(r["timestep"])):
+        key = (row["algo"], row["env"], str(row["seed"]))
+        first.setdefault(key, None)
+        if first[key] is None and float(row["return_mean"]) >= threshold:
+            first[key] = int(row["timestep"])
+    return first
+
+
 def curves(evaluations: list[dict[str, str]]) -> list[dict[str, Any]]:
     """Per task, algorithm and evaluation step: the statistics over seeds of the evaluation means."""
     by_point: dict[tuple[str, str, int], list[float]] = defaultdict(list)
@@ -110,8 +181,13 @@ def curves(evaluations: list[dict[str, str]]) -> list[dict[str, Any]]:
     return rows
 
 
-def final_scores(runs: list[dict[str, str]], reps: int = 2000, seed: int = 0) -> list[dict[str, Any]]:
-    """One row per task and algorithm: scores of its runs (last evaluation), mean, std, IQM [95% CI]."""
+def final_scores(
+    runs: list[dict[str, Any]], reps: int = 2000, seed: int = 0, first: dict[tuple[str, str, str], int | None] | None = None
+) -> list[dict[str, Any]]:
+    """
+    One row per task and algorithm: scores of its runs (last evaluation), mean, std, IQM [95% CI]; with
+    ``first`` (from :func:`first_reaching`), each run's first step at the threshold.
+    """
     groups: dict[tuple[str, str], list[dict[str, str]]] = defaultdict(list)
     for run in runs:
         groups[(run["env"], run["algo"])].append(run)
@@ -141,21 +217,28 @@ def final_scores(runs: list[dict[str, str]], reps: int = 2000, seed: int = 0) ->
                 "params": members[0]["params"],
             }
         )
+        if first is not None:
+            steps = [first.get((algo, env, str(r["seed"]))) for r in members]
+            rows[-1]["first_at_threshold"] = " ".join("-" if s is None else str(s) for s in steps)
     return rows
 
 
-def markdown_table(rows: list[dict[str, Any]]) -> str:
+def markdown_table(rows: list[dict[str, Any]], threshold: float | None = None) -> str:
+    reach = threshold is not None and any("first_at_threshold" in r for r in rows)
     lines = [
         "| task | algorithm | budget (steps) | seeds | score per seed | mean +- std | IQM [95% CI] "
-        "| wall / CPU s per run (median) | hyperparameters |",
-        "|---|---|---|---|---|---|---|---|---|",
+        + (f"| first step at {threshold:g} per seed " if reach else "")
+        + "| wall / CPU s per run (median) | hyperparameters |",
+        "|---|---|---|---|---|---|---|---|---|" + ("---|" if reach else ""),
     ]
     for r in rows:
         hyper = r["hyperparams"] + (f"; changed: {r['params']}" if r["params"] else "")
+        cpu = "-" if np.isnan(r["cpu_s_median"]) else f"{r['cpu_s_median']:.0f}"
         lines.append(
             f"| {r['env']} | {r['algo']} | {r['budget']} | {r['seeds']} ({r['complete']} complete) | {r['scores']} | "
             f"{r['mean']} +- {r['std']} | {r['iqm']} [{r['iqm_ci_low']}, {r['iqm_ci_high']}] | "
-            f"{r['wall_s_median']:.0f} / {r['cpu_s_median']:.0f} | {hyper} |"
+            + (f"{r.get('first_at_threshold', '')} | " if reach else "")
+            + f"{r['wall_s_median']:.0f} / {cpu} | {hyper} |"
         )
     return "\n".join(lines) + "\n"
 
@@ -209,18 +292,34 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, default=None, help="default: the log folder")
     parser.add_argument("--reps", type=int, default=2000, help="bootstrap resamples")
     parser.add_argument("--zoo-plots", action="store_true")
+    parser.add_argument(
+        "--diagnose", nargs="*", default=[], metavar="LABEL=GLOB", help="diagnose_learning.py runs to add, as LABEL"
+    )
+    parser.add_argument("--budget", type=int, default=None, help="leave out evaluations after this step")
+    parser.add_argument("--threshold", type=float, default=None, help="report each run's first step at this return")
     args = parser.parse_args(argv)
     out = args.out or args.log_folder
     out.mkdir(parents=True, exist_ok=True)
-    evaluations = read_csv(args.log_folder / "evaluations.csv")
-    runs = read_csv(args.log_folder / "runs.csv")
+    evaluations: list[dict[str, Any]] = read_csv(args.log_folder / "evaluations.csv")
+    runs: list[dict[str, Any]] = read_csv(args.log_folder / "runs.csv")
+    for item in args.diagnose:
+        label, sep, pattern = item.partition("=")
+        if not sep or not label or not pattern:
+            parser.error(f"--diagnose takes LABEL=GLOB, got {item!r}")
+        more_evaluations, more_runs = diagnose_runs(label, pattern)
+        evaluations += more_evaluations
+        runs += more_runs
+    if args.budget is not None:
+        evaluations, runs = cut_at_budget(evaluations, runs, args.budget)
     curve_rows = curves(evaluations)
     write_csv(out / "learning_curves.csv", curve_rows)
     plot_curves(curve_rows, out / "learning_curves.png")
-    score_rows = final_scores(runs, reps=args.reps)
+    first = first_reaching(evaluations, args.threshold) if args.threshold is not None else None
+    score_rows = final_scores(runs, reps=args.reps, first=first)
     write_csv(out / "final_scores.csv", score_rows)
-    (out / "final_scores.md").write_text(markdown_table(score_rows))
-    print(markdown_table(score_rows))
+    table = markdown_table(score_rows, args.threshold)
+    (out / "final_scores.md").write_text(table)
+    print(table)
     if args.zoo_plots:
         zoo_plots(args.log_folder, out, sorted({r["algo"] for r in runs}), sorted({r["env"] for r in runs}))
     print(f"wrote {out}/learning_curves.png, learning_curves.csv, final_scores.csv, final_scores.md")

@@ -240,6 +240,31 @@ def test_curves_and_final_scores_tables(tmp_path):
     assert (tmp_path / "curves.png").stat().st_size > 0
 
 
+def test_diagnose_runs_cut_at_the_budget_with_first_step_at_a_threshold(tmp_path):
+    # two diagnose_learning.py runs (CSV + JSON), one longer than the budget
+    for seed, means in ((0, [80.0, 1000.0, 1000.0]), (1, [90.0, 300.0, 900.0, 1000.0])):
+        rows = ["timesteps,eval_mean,eval_std,wall_s"] + [
+            f"{2000 * (i + 1)},{m},1.0,{10.0 * (i + 1)}" for i, m in enumerate(means)
+        ]
+        (tmp_path / f"sdac_s{seed}.csv").write_text("\n".join(rows) + "\n")
+        config = {"algo": "sdac", "env": "E", "seed": seed, "steps": 2000 * len(means)}
+        (tmp_path / f"sdac_s{seed}.json").write_text(json.dumps(config))
+    evaluations, runs = plot_results.diagnose_runs("sdac*", str(tmp_path / "sdac_s*.csv"))
+    assert [(r["algo"], r["seed"], r["timestep"]) for r in evaluations][:2] == [("sdac*", "0", 2000), ("sdac*", "0", 4000)]
+    assert [r["wall_s"] for r in runs] == [30.0, 40.0]
+    evaluations, runs = plot_results.cut_at_budget(evaluations, runs, 6000)
+    assert max(r["timestep"] for r in evaluations) == 6000 and len(evaluations) == 6
+    assert [(r["steps"], r["final_return"], r["last_timestep"]) for r in runs] == [(6000, 1000.0, 6000), (6000, 900.0, 6000)]
+    first = plot_results.first_reaching(evaluations, 1000.0)
+    assert first == {("sdac*", "E", "0"): 4000, ("sdac*", "E", "1"): None}
+    (score,) = plot_results.final_scores(runs, reps=100, first=first)
+    assert score["first_at_threshold"] == "4000 -" and score["scores"] == "1000.0 900.0"
+    table = plot_results.markdown_table([score], threshold=1000.0)
+    assert "| first step at 1000 per seed |" in table and "| 4000 - |" in table
+    with pytest.raises(SystemExit, match="no file matches"):
+        plot_results.diagnose_runs("x", str(tmp_path / "nothing*.csv"))
+
+
 @pytest.mark.slow
 def test_real_zoo_run_killed_then_resumed_and_skipped(tmp_path):
     """SB3 SAC through RL Zoo and benchmarks/zoo_resume.py: killed after a checkpoint, resumed to its budget."""

@@ -224,9 +224,7 @@ def test_two_workers_share_one_study(kind, tmp_path):
         assert "--skip-if-exists" in create and create[create.index("--direction") + 1] == "maximize"
         zoo([*as_subprocess(create)], tmp_path)
         worker = recipe_command(recipe, "rl_zoo3.train", "-optimize")
-        worker = with_values(
-            worker, env="Pendulum-v1", max_total_trials="4", n="200", n_evaluations="1", **names
-        )
+        worker = with_values(worker, env="Pendulum-v1", max_total_trials="4", n="200", n_evaluations="1", **names)
         worker += [*small, "--num-threads", "1", *pins]
         best_trial = with_values(recipe_command(recipe, "best-trial"), **names)
         retrain = with_values(recipe_command(recipe, "--trial-id"), env="Pendulum-v1", **names)
