@@ -43,8 +43,8 @@ def shipped_config(algo: str, env_id: str) -> tuple[dict, int]:
     ids=["QVPO-inverted_pendulum", "QVPO-inverted_double_pendulum", "SDAC-inverted_pendulum"],
 )
 def test_pendulum_balances(cls, algo, env_id, balanced, tmp_path):
-    # SDAC's entry takes critics like SAC's (docs/learning.md, section 10) and 26k steps; SDAC on
-    # InvertedDoublePendulum has no small-budget entry yet. Balanced: the poles stand for all 1000
+    # SDAC's entry takes critics like SAC's, sharper weights (docs/learning.md, sections 10 and 11) and
+    # 26k steps. Balanced: the poles stand for all 1000
     # steps (InvertedPendulum: +1 per step; InvertedDoublePendulum: about 9.36 per step, 9360 at most,
     # SB3 SAC's score from 12k steps on)
     config, n_timesteps = shipped_config(algo, env_id)
