@@ -384,10 +384,10 @@ class _CornerPlan(NamedTuple):
 
     rows: th.Tensor  # (n, d): every candidate not at a corner, then each (state, corner) pair once
     states: th.Tensor  # (n,): the state of each row
-    others: th.Tensor  # (B, K) bool: the candidates not at a corner (the first rows, in row-major order)
-    at_corner: th.Tensor  # (B, K) bool: the candidates at a corner
-    inverse: th.Tensor  # for each candidate at a corner (row-major order), its row among the corner rows
-    n_others: int  # candidates not at a corner: the first rows
+    other_index: th.Tensor  # flat (B * K) indices of the candidates not at a corner: the first rows
+    corner_index: th.Tensor  # flat indices of the candidates at a corner
+    inverse: th.Tensor  # for each of those, its row among the corner rows
+    n_others: int
 
 
 def _corner_plan(actions: th.Tensor) -> _CornerPlan | None:
@@ -401,23 +401,27 @@ def _corner_plan(actions: th.Tensor) -> _CornerPlan | None:
     total = batch_size * n_candidates
     if action_dim > 62 - batch_size.bit_length():  # (state, corner) codes must fit in an int64
         return None
-    at_corner = (actions.abs() == 1.0).all(dim=-1)
-    n_corner = int(at_corner.sum())
+    flat = actions.reshape(total, action_dim)
+    at_corner = (flat.abs() == 1.0).all(dim=1)
+    corner_index = at_corner.nonzero().squeeze(1)
+    n_corner = corner_index.numel()
     if n_corner < kernels.DEDUPE_MIN_SAVING * total:
         return None
     device = actions.device
-    states = th.arange(batch_size, device=device).unsqueeze(1).expand(batch_size, n_candidates)
-    powers = th.pow(2, th.arange(action_dim, device=device))
-    codes = ((actions[at_corner] > 0).long() * powers).sum(dim=1) + states[at_corner] * (1 << action_dim)
+    bit_positions = th.arange(action_dim, device=device)
+    corner_bits = (flat.index_select(0, corner_index) > 0).long()
+    codes = th.bitwise_left_shift(corner_bits, bit_positions).sum(dim=1)
+    codes += th.bitwise_left_shift(th.div(corner_index, n_candidates, rounding_mode="floor"), action_dim)
     unique_codes, inverse = th.unique(codes, sorted=True, return_inverse=True)
     if n_corner - unique_codes.numel() < kernels.DEDUPE_MIN_SAVING * total:
         return None
-    bits = th.bitwise_and(th.bitwise_right_shift(unique_codes.unsqueeze(1), th.arange(action_dim, device=device)), 1)
+    bits = th.bitwise_and(th.bitwise_right_shift(unique_codes.unsqueeze(1), bit_positions), 1)
     corners = bits.to(actions.dtype) * 2.0 - 1.0  # exactly the candidates' -1 and 1
-    others = ~at_corner
-    rows = th.cat([actions[others], corners])
-    row_states = th.cat([states[others], th.bitwise_right_shift(unique_codes, action_dim)])
-    return _CornerPlan(rows, row_states, others, at_corner, inverse, rows.shape[0] - unique_codes.numel())
+    other_index = (~at_corner).nonzero().squeeze(1)
+    rows = th.cat([flat.index_select(0, other_index), corners])
+    other_states = th.div(other_index, n_candidates, rounding_mode="floor")
+    states = th.cat([other_states, th.bitwise_right_shift(unique_codes, action_dim)])
+    return _CornerPlan(rows, states, other_index, corner_index, inverse, other_index.numel())
 
 
 def _scoring_distinct(
@@ -447,7 +451,7 @@ def _scoring_distinct(
                 target.copy_(q_values)
             else:
                 th.minimum(target, q_values, out=target)
-    out = th.empty(actions.shape[:2], device=actions.device, dtype=actions.dtype)
-    out[plan.others] = row_q[: plan.n_others]
-    out[plan.at_corner] = row_q[plan.n_others :][plan.inverse]
-    return out
+    out = th.empty(actions.shape[0] * actions.shape[1], device=actions.device, dtype=actions.dtype)
+    out.index_copy_(0, plan.other_index, row_q[: plan.n_others])
+    out.index_copy_(0, plan.corner_index, row_q[plan.n_others :].index_select(0, plan.inverse))
+    return out.view(actions.shape[:2])
