@@ -320,12 +320,17 @@ def fill_buffer(model: Any, n: int, rng: np.random.Generator) -> None:
     buffer.pos, buffer.full = n, False
 
 
-def make_model(algo: str, env_id: str, device: str, precision: str = "fp32") -> Any:
+def make_model(algo: str, env_id: str, device: str, precision: str = "fp32", **kwargs: Any) -> Any:
+    """
+    A model with a small replay buffer that learns from the first step; ``kwargs`` are further
+    arguments of the algorithm (a ``policy_kwargs`` entry is merged with the precision).
+    """
     import gymnasium as gym
     from stable_baselines3.common.logger import configure
 
     env = gym.make(env_id)
-    common = dict(buffer_size=20_000, learning_starts=0, device=device, seed=0, verbose=0)
+    policy_kwargs = dict(precision=precision, **kwargs.pop("policy_kwargs", {}))
+    common = dict(buffer_size=20_000, learning_starts=0, device=device, seed=0, verbose=0, **kwargs)
     if algo == "sac":
         from stable_baselines3 import SAC
 
@@ -333,11 +338,11 @@ def make_model(algo: str, env_id: str, device: str, precision: str = "fp32") -> 
     elif algo == "sdac":
         from sb3_diffusion import SDAC
 
-        model = SDAC("MlpPolicy", env, policy_kwargs=dict(precision=precision), **common)
+        model = SDAC("MlpPolicy", env, policy_kwargs=policy_kwargs, **common)
     elif algo == "qvpo":
         from sb3_diffusion import QVPO
 
-        model = QVPO("MlpPolicy", env, policy_kwargs=dict(precision=precision), **common)
+        model = QVPO("MlpPolicy", env, policy_kwargs=policy_kwargs, **common)
     else:
         raise ValueError(f"Unknown algorithm {algo!r}")
     model.set_logger(configure(folder=None, format_strings=[]))

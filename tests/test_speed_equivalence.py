@@ -16,7 +16,7 @@ from stable_baselines3.common.policies import ContinuousCritic
 from torch import nn
 from torch.nn import functional as F
 
-from sb3_diffusion.common import kernels
+from sb3_diffusion.common import hot_path, kernels
 from sb3_diffusion.common.hot_path import HotPath
 from sb3_diffusion.common.kernels import RowMLP, chunk_states, resolve_compile_mode, split_mlp
 from sb3_diffusion.common.networks import Mish, min_q, repeat_obs
@@ -109,6 +109,26 @@ def test_row_mlp_matches_plain_mlp(activation_fn, shape, matmul):
     assert th.allclose(got, expected, atol=1e-5)
 
 
+@pytest.mark.parametrize("activation_fn", [Mish, nn.ReLU])
+def test_row_mlp_takes_rows_of_any_states(activation_fn, matmul):
+    """Rows not grouped by state (a state index per row) give each row its own state's first-layer part."""
+    th.manual_seed(1)
+    n_states, n_rows = 5, 23
+    widths = [32, 24]
+    linears = [nn.Linear(widths[0], widths[1]), nn.Linear(widths[1], 1)]
+    activations = [activation_fn() for _ in linears]
+    first_weight = th.randn(widths[0], ACT_DIM) * 3
+    state_part, x = th.randn(n_states, widths[0]), th.randn(n_rows, ACT_DIM)
+    state_index = th.randint(0, n_states, (n_rows,))
+    with th.no_grad():
+        h = state_part[state_index] + x @ first_weight.t()
+        for activation, layer in zip(activations, linears, strict=True):
+            h = layer(activation(h))
+        got = RowMLP(first_weight, activations, linears, max_rows=n_rows)(state_part, x, state_index=state_index)
+    assert got.shape == (n_rows, 1)
+    assert th.allclose(got, h, atol=1e-5)
+
+
 def test_split_mlp_recognises_only_plain_mlps():
     mlp = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 1))
     linears, activations = split_mlp(mlp)
@@ -172,6 +192,54 @@ def test_min_q_matches_the_plain_scoring(path, n_critics, matmul, small_chunks, 
     with th.inference_mode():
         assert th.allclose(policy.min_q(obs, actions), expected, atol=1e-5)
     assert chosen and "plain" not in chosen
+
+
+def corner_candidates(n_states: int, n_candidates: int, n_inside: int) -> th.Tensor:
+    """Clamped wide samples (most at a corner of the box, as SDAC's reverse samples at large t), a few inside."""
+    actions = (th.randn(n_states, n_candidates, ACT_DIM) * 10).clamp(-1.0, 1.0)
+    actions[:, :n_inside] = th.rand(n_states, n_inside, ACT_DIM) * 2 - 1
+    return actions
+
+
+@pytest.mark.filterwarnings("error:sb3_diffusion. torch.compile")
+@pytest.mark.parametrize("path", ["chunked", "chunked_compiled"])
+@pytest.mark.parametrize("activation_fn", [Mish, nn.ReLU])
+def test_min_q_scores_each_box_corner_once_per_state(path, activation_fn, matmul, small_chunks, monkeypatch):
+    if activation_fn is not Mish and path != "chunked":
+        pytest.skip("compiled paths are only chosen for Mish networks")
+    monkeypatch.setattr(kernels, "DEDUPE_MIN_ROWS", 1)
+    th.manual_seed(6)
+    policy = make_policy(critic_activation_fn=activation_fn)
+    chosen = force_path(policy, monkeypatch, path)
+    obs, actions = th.randn(6, OBS_DIM), corner_candidates(6, 40, n_inside=5)
+    plan = hot_path._corner_plan(actions)
+    assert plan is not None
+    at_corner = (actions.abs() == 1).all(dim=-1)
+    assert plan.n_others == int((~at_corner).sum()) and plan.rows.shape[0] <= plan.n_others + 6 * 2**ACT_DIM
+    distinct = []
+    scoring = hot_path._scoring_distinct
+    monkeypatch.setattr(hot_path, "_scoring_distinct", lambda *args: distinct.append(1) or scoring(*args))
+    with th.no_grad():
+        q_values = policy.critic(repeat_obs(obs, 40), actions.reshape(-1, ACT_DIM))
+        expected = th.cat(q_values, dim=1).min(dim=1).values.view(6, 40)
+        got = policy.min_q(obs, actions)
+    assert distinct and chosen and "plain" not in chosen
+    assert got.shape == (6, 40) and not th.is_inference(got)
+    assert th.allclose(got, expected, atol=1e-5)
+
+
+def test_corner_scoring_only_where_it_saves_rows(monkeypatch):
+    monkeypatch.setattr(kernels, "DEDUPE_MIN_ROWS", 1)
+    th.manual_seed(7)
+    assert hot_path._corner_plan(th.rand(6, 40, ACT_DIM) * 2 - 1) is None  # no candidate at a corner
+    assert hot_path._corner_plan(corner_candidates(6, 40, n_inside=38)) is None  # too few to be worth it
+    assert hot_path._corner_plan(corner_candidates(6, 40, n_inside=5)) is not None
+    # below DEDUPE_MIN_ROWS (acting, small scorings) the plain chunked scoring runs, whatever the candidates
+    monkeypatch.setattr(kernels, "DEDUPE_MIN_ROWS", 241)
+    policy = make_policy(compile_mode="off")
+    monkeypatch.setattr(hot_path, "_scoring_distinct", lambda *args: pytest.fail("scored distinct rows"))
+    with th.no_grad():
+        policy.min_q(th.randn(6, OBS_DIM), corner_candidates(6, 40, n_inside=5))
 
 
 @pytest.mark.skipif(not th.cuda.is_available(), reason="needs a CUDA device")

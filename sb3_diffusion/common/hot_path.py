@@ -14,7 +14,9 @@ float rounding (``tests/test_speed_equivalence.py`` compares each with it):
 - ``"chunked"``: the first layer's per-state part (observation block, and for the noise network the
   time block of each step) computed once per state, then only the action block and the hidden layers
   per row, in cache-sized chunks of whole states through buffers allocated once
-  (:class:`~sb3_diffusion.common.kernels.RowMLP`; eager activations, oneDNN for large chunks on CPU);
+  (:class:`~sb3_diffusion.common.kernels.RowMLP`; eager activations, oneDNN for large chunks on CPU,
+  with a ReLU fused into oneDNN's matmul). In large scorings, candidates exactly at a corner of the
+  action box (SDAC's clamped reverse samples) are scored once per state and corner;
 - ``"chunked_compiled"``: the same with ``torch.compile``'d fused bias+Mish kernels (large calls on CPU);
 - ``"compiled"``: the whole chain, or the whole scoring, as one compiled function (small calls on CPU: acting);
 - ``"cuda_graph"``: the chunked chain captured once per shape as a CUDA graph and replayed (CUDA).
@@ -37,7 +39,7 @@ The precision of the fast paths is a property of this seam (``precision``):
 
 import functools
 import warnings
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch as th
 from stable_baselines3.common.type_aliases import PyTorchObs
@@ -335,7 +337,9 @@ def _critic_blocks(critic: nn.Module) -> list[tuple[list[nn.Linear], list[nn.Mod
 def _scoring(path: str, blocks: Any, features: th.Tensor, actions: th.Tensor, dtype: th.dtype = th.float32) -> th.Tensor:
     """
     min_i Q_i on (B, K) candidates with the observation block of each critic once per state; the
-    hidden layers in ``dtype``, the observation block, the output layer and the minimum in fp32.
+    hidden layers in ``dtype``, the observation block, the output layer and the minimum in fp32. A
+    large call whose candidates are often at corners of the action box scores each (state, corner)
+    pair once (:func:`_corner_plan`): the same values, on fewer rows.
     """
     batch_size, n_candidates, _ = actions.shape
     features_dim = features.shape[1]
@@ -352,9 +356,13 @@ def _scoring(path: str, blocks: Any, features: th.Tensor, actions: th.Tensor, dt
             [[layer.bias for layer in linears[1:]] for linears, _ in blocks],
             dtype,
         )
+    compiled = path == "chunked_compiled"
+    if batch_size * n_candidates >= kernels.DEDUPE_MIN_ROWS:
+        plan = _corner_plan(actions)
+        if plan is not None:
+            return _scoring_distinct(plan, blocks, state_parts, first_weights, actions, compiled, dtype)
     chunks = chunk_states(batch_size, n_candidates, chunk_rows_for(actions.device))
     max_rows = max(stop - start for start, stop in chunks) * n_candidates
-    compiled = path == "chunked_compiled"
     mlps = [
         RowMLP(first_weight, activations, linears[1:], max_rows, compiled=compiled, dtype=dtype)
         for first_weight, (linears, activations) in zip(first_weights, blocks, strict=True)
@@ -369,3 +377,81 @@ def _scoring(path: str, blocks: Any, features: th.Tensor, actions: th.Tensor, dt
             else:
                 th.minimum(target, q_values, out=target)
     return out
+
+
+class _CornerPlan(NamedTuple):
+    """The distinct rows of a scoring whose candidates include many at corners of the action box."""
+
+    rows: th.Tensor  # (n, d): every candidate not at a corner, then each (state, corner) pair once
+    states: th.Tensor  # (n,): the state of each row
+    other_index: th.Tensor  # flat (B * K) indices of the candidates not at a corner: the first rows
+    corner_index: th.Tensor  # flat indices of the candidates at a corner
+    inverse: th.Tensor  # for each of those, its row among the corner rows
+    n_others: int
+
+
+def _corner_plan(actions: th.Tensor) -> _CornerPlan | None:
+    """
+    Candidates exactly at a corner of [-1, 1]^d (every coordinate -1 or 1: clamped samples, such as
+    SDAC's reverse samples at large t, about half of them) have the same Q value whenever they share
+    a state and a corner: the plan scores each (state, corner) pair once. None if that saves less than
+    ``kernels.DEDUPE_MIN_SAVING`` of the rows.
+    """
+    batch_size, n_candidates, action_dim = actions.shape
+    total = batch_size * n_candidates
+    if action_dim > 62 - batch_size.bit_length():  # (state, corner) codes must fit in an int64
+        return None
+    flat = actions.reshape(total, action_dim)
+    at_corner = (flat.abs() == 1.0).all(dim=1)
+    corner_index = at_corner.nonzero().squeeze(1)
+    n_corner = corner_index.numel()
+    if n_corner < kernels.DEDUPE_MIN_SAVING * total:
+        return None
+    device = actions.device
+    bit_positions = th.arange(action_dim, device=device)
+    corner_bits = (flat.index_select(0, corner_index) > 0).long()
+    codes = th.bitwise_left_shift(corner_bits, bit_positions).sum(dim=1)
+    codes += th.bitwise_left_shift(th.div(corner_index, n_candidates, rounding_mode="floor"), action_dim)
+    unique_codes, inverse = th.unique(codes, sorted=True, return_inverse=True)
+    if n_corner - unique_codes.numel() < kernels.DEDUPE_MIN_SAVING * total:
+        return None
+    bits = th.bitwise_and(th.bitwise_right_shift(unique_codes.unsqueeze(1), bit_positions), 1)
+    corners = bits.to(actions.dtype) * 2.0 - 1.0  # exactly the candidates' -1 and 1
+    other_index = (~at_corner).nonzero().squeeze(1)
+    rows = th.cat([flat.index_select(0, other_index), corners])
+    other_states = th.div(other_index, n_candidates, rounding_mode="floor")
+    states = th.cat([other_states, th.bitwise_right_shift(unique_codes, action_dim)])
+    return _CornerPlan(rows, states, other_index, corner_index, inverse, other_index.numel())
+
+
+def _scoring_distinct(
+    plan: _CornerPlan,
+    blocks: Any,
+    state_parts: list[th.Tensor],
+    first_weights: list[th.Tensor],
+    actions: th.Tensor,
+    compiled: bool,
+    dtype: th.dtype,
+) -> th.Tensor:
+    """min_i Q_i of the plan's rows, chunk by chunk (each row's state part gathered), spread back to (B, K)."""
+    state_parts = [state_part.to(dtype) for state_part in state_parts]  # cast once, gathered per chunk
+    n_rows = plan.rows.shape[0]
+    chunk_rows = min(chunk_rows_for(actions.device), n_rows)
+    mlps = [
+        RowMLP(first_weight, activations, linears[1:], chunk_rows, compiled=compiled, dtype=dtype)
+        for first_weight, (linears, activations) in zip(first_weights, blocks, strict=True)
+    ]
+    row_q = th.empty(n_rows, device=actions.device, dtype=actions.dtype)
+    for start in range(0, n_rows, chunk_rows):
+        stop = min(start + chunk_rows, n_rows)
+        target = row_q[start:stop]
+        for index, (mlp, state_part) in enumerate(zip(mlps, state_parts, strict=True)):
+            q_values = mlp(state_part, plan.rows[start:stop], state_index=plan.states[start:stop]).view(stop - start)
+            if index == 0:
+                target.copy_(q_values)
+            else:
+                th.minimum(target, q_values, out=target)
+    out = th.empty(actions.shape[0] * actions.shape[1], device=actions.device, dtype=actions.dtype)
+    out.index_copy_(0, plan.other_index, row_q[: plan.n_others])
+    out.index_copy_(0, plan.corner_index, row_q[plan.n_others :].index_select(0, plan.inverse))
+    return out.view(actions.shape[:2])

@@ -11,7 +11,9 @@ autograd off. They compute the same function as the plain networks:
 - each hidden layer is one matmul (oneDNN's fp32 linear for large chunks on CPU, MKL into a
   preallocated buffer otherwise), then one in-place pass for the bias and the activation: for Mish a
   ``torch.compile``'d kernel of :func:`~sb3_diffusion.common.networks.mish`, or that function eagerly
-  with scratch buffers;
+  with scratch buffers; a ReLU after a oneDNN matmul is a post-op of the matmul itself (no extra pass);
+- rows need not be grouped by state: with a state index per row, each row's per-state part is
+  gathered (used to score only the distinct candidates of a state);
 - small chains and scorings (acting) as one compiled function each, and on CUDA the chain captured as
   a CUDA graph;
 - optionally in bfloat16 (``dtype=th.bfloat16``): the hidden layers' matmuls and activations on
@@ -55,6 +57,11 @@ AUTO_CHAIN_MIN_WIDTH = 128
 # sgemm behind torch.mm for 256-wide layers where measured, see docs/performance.md); for a few rows
 # (acting) its overhead loses
 ONEDNN_MIN_ROWS = 256
+# The critics' scoring scores a candidate at a corner of the action box once per state and corner (all
+# of a state's candidates at that corner have the same Q value) when that saves at least this fraction
+# of the rows of a call of at least DEDUPE_MIN_ROWS rows (SDAC's clamped reverse samples: about half)
+DEDUPE_MIN_ROWS = 4096
+DEDUPE_MIN_SAVING = 0.125
 # dynamo's recompile limit while a compiled function runs: a process acting with several models or
 # environments needs more fixed-shape variants than dynamo's default of 8 per function
 RECOMPILE_LIMIT = 64
@@ -274,10 +281,13 @@ class _OneDNN:
         dtype_ok = tensor.dtype == th.float32 or (tensor.dtype == th.bfloat16 and self.bf16)
         return self.available and tensor.device.type == "cpu" and dtype_ok
 
-    def linear(self, h: th.Tensor, weight: th.Tensor, bias: th.Tensor) -> th.Tensor | None:
-        """``h @ weight.T + bias`` in a new tensor, or None (and never again) if oneDNN fails."""
+    def linear(self, h: th.Tensor, weight: th.Tensor, bias: th.Tensor, activation: str = "none") -> th.Tensor | None:
+        """
+        ``h @ weight.T + bias`` in a new tensor, followed by ``activation`` (``"none"`` or ``"relu"``, a
+        post-op fused into the matmul's output pass), or None (and never again) if oneDNN fails.
+        """
         try:
-            return th.ops.mkldnn._linear_pointwise(h, weight, bias, "none", [], "")
+            return th.ops.mkldnn._linear_pointwise(h, weight, bias, activation, [], "")
         except Exception:  # pragma: no cover - depends on the build of torch
             self.available = False
             return None
@@ -391,19 +401,26 @@ class RowMLP:
         n = h.numel()
         return self.scratch[0][:n].view_as(h), self.scratch[1][:n].view_as(h)
 
-    def __call__(self, state_part: th.Tensor, x: th.Tensor) -> th.Tensor:
+    def __call__(self, state_part: th.Tensor, x: th.Tensor, state_index: th.Tensor | None = None) -> th.Tensor:
         """
         :param state_part: (b, W_0) per-state part of the first layer, bias included
-        :param x: (b, k, d) per-row inputs
-        :return: (b * k, out_features) in the output layer's dtype, a view of an internal buffer (valid
-            until the next call)
+        :param x: (b, k, d) per-row inputs; with ``state_index``, (n, d) rows of any states
+        :param state_index: For rows that are not grouped by state: the state of each row, (n,)
+        :return: (b * k, out_features) (or (n, out_features)) in the output layer's dtype, a view of an
+            internal buffer (valid until the next call)
         """
-        b, k, _ = x.shape
+        if state_index is not None:
+            b, k = x.shape[0], 1
+        else:
+            b, k, _ = x.shape
         rows = b * k
         assert rows <= self.max_rows
         h = self.buffers[0][:rows]
         inputs = x.reshape(rows, -1).to(self.dtype)
-        if b == 1:  # acting on one state: the state part is the bias of one addmm
+        if state_index is not None:  # each row's state part gathered into the first buffer
+            th.index_select(state_part.to(self.dtype), 0, state_index, out=h)
+            h.addmm_(inputs, self.first_weight_t)
+        elif b == 1:  # acting on one state: the state part is the bias of one addmm
             th.addmm(state_part[0].to(self.dtype), inputs, self.first_weight_t, out=h)
         else:
             h.view(b, k, -1).copy_(state_part.unsqueeze(1))
@@ -419,18 +436,20 @@ class RowMLP:
                     h = self.widened[:rows].copy_(h)
                 h = th.addmm(bias, h, weight_t, out=self.buffers[index + 1][:rows])
                 break
-            out = ONEDNN.linear(h, weight, bias) if onednn else None
-            if out is not None:  # bias included
+            activation = self.activations[index + 1]
+            fused_relu = isinstance(activation, nn.ReLU)  # oneDNN applies it in the matmul's output pass
+            out = ONEDNN.linear(h, weight, bias, "relu" if fused_relu else "none") if onednn else None
+            if out is not None:  # bias (and a ReLU) included
                 if self.compiled:
                     COMPILED("mish", out)
-                else:
-                    activation_(self.activations[index + 1], out, self._scratch)
+                elif not fused_relu:
+                    activation_(activation, out, self._scratch)
             elif self.compiled:
                 out = th.mm(h, weight_t, out=self.buffers[index + 1][:rows])
                 COMPILED("bias_mish", out, bias)
             else:
                 out = th.addmm(bias, h, weight_t, out=self.buffers[index + 1][:rows])
-                activation_(self.activations[index + 1], out, self._scratch)
+                activation_(activation, out, self._scratch)
             h = out
         return h
 
