@@ -259,7 +259,8 @@ def plot_curves(rows: list[dict[str, Any]], path: Path) -> None:
             points = [r for r in rows if r["env"] == env and r["algo"] == algo]
             x = np.array([p["timestep"] for p in points])
             seeds = max(p["seeds"] for p in points)
-            ax.plot(x, [p["mean"] for p in points], label=f"{algo.upper()} ({seeds} seed{'s' if seeds != 1 else ''})", linewidth=2)
+            label = f"{algo.upper()} ({seeds} seed{'s' if seeds != 1 else ''})"
+            ax.plot(x, [p["mean"] for p in points], label=label, linewidth=2)
             ax.fill_between(x, [p["band_low"] for p in points], [p["band_high"] for p in points], alpha=0.25)
         ax.set_title(env)
         ax.set_xlabel("environment steps")
