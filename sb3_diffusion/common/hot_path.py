@@ -357,7 +357,8 @@ def _scoring(path: str, blocks: Any, features: th.Tensor, actions: th.Tensor, dt
             dtype,
         )
     compiled = path == "chunked_compiled"
-    if batch_size * n_candidates >= kernels.DEDUPE_MIN_ROWS:
+    # CPU only: measured there; on CUDA the plan's nonzero and unique would each be a host sync
+    if actions.device.type == "cpu" and batch_size * n_candidates >= kernels.DEDUPE_MIN_ROWS:
         plan = _corner_plan(actions)
         if plan is not None:
             return _scoring_distinct(plan, blocks, state_parts, first_weights, actions, compiled, dtype)

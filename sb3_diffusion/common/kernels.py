@@ -59,7 +59,7 @@ AUTO_CHAIN_MIN_WIDTH = 128
 ONEDNN_MIN_ROWS = 256
 # The critics' scoring scores a candidate at a corner of the action box once per state and corner (all
 # of a state's candidates at that corner have the same Q value) when that saves at least this fraction
-# of the rows of a call of at least DEDUPE_MIN_ROWS rows (SDAC's clamped reverse samples: about half)
+# of the rows of a call of at least DEDUPE_MIN_ROWS rows, on CPU (SDAC's clamped reverse samples: about half)
 DEDUPE_MIN_ROWS = 4096
 DEDUPE_MIN_SAVING = 0.125
 # dynamo's recompile limit while a compiled function runs: a process acting with several models or
