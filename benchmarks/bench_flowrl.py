@@ -60,6 +60,25 @@ XLA_ONE_THREAD = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_thread
 # at tag v0.2.0. Both noise networks: Mish MLP on concat(a_t, time MLP(learnable Fourier embedding of size
 # time_dim), observation MLP (128, 128) Mish); continuous-time cosine schedule sampled at `steps` points;
 # twin critics (obs, action) -> MLP(critic_hidden_dims) -> 1.
+
+
+def _flowrl_diffusion(hidden_dims: list[int]) -> dict[str, Any]:
+    """FlowRL's diffusion settings at Hopper-v5 (the same for QVPO and SDAC but for the noise net's widths)."""
+    return dict(
+        time_dim=64,
+        mlp_hidden_dims=hidden_dims,
+        lr=3e-4,
+        end_lr=None,
+        lr_decay_steps=None,
+        lr_decay_begin=None,
+        steps=20,
+        clip_sampler=True,
+        x_min=-1.0,
+        x_max=1.0,
+        solver="ddpm",
+    )
+
+
 FLOWRL_SETTINGS: dict[str, dict[str, Any]] = {
     "qvpo": dict(
         name="qvpo",
@@ -74,19 +93,7 @@ FLOWRL_SETTINGS: dict[str, dict[str, Any]] = {
         entropy_coef=0.01,
         ema=0.005,
         clip_grad_norm=None,
-        diffusion=dict(
-            time_dim=64,
-            mlp_hidden_dims=[256, 256],
-            lr=3e-4,
-            end_lr=None,
-            lr_decay_steps=None,
-            lr_decay_begin=None,
-            steps=20,
-            clip_sampler=True,
-            x_min=-1.0,
-            x_max=1.0,
-            solver="ddpm",
-        ),
+        diffusion=_flowrl_diffusion([256, 256]),
     ),
     "sdac": dict(
         name="sdac",
@@ -98,19 +105,7 @@ FLOWRL_SETTINGS: dict[str, dict[str, Any]] = {
         num_reverse_samples=500,
         ema=0.005,
         temp=0.05,  # fixed temperature: softmax(Q / 0.05)
-        diffusion=dict(
-            time_dim=64,
-            mlp_hidden_dims=[256, 256, 256],
-            lr=3e-4,
-            end_lr=None,
-            lr_decay_steps=None,
-            lr_decay_begin=None,
-            steps=20,
-            clip_sampler=True,
-            x_min=-1.0,
-            x_max=1.0,
-            solver="ddpm",
-        ),
+        diffusion=_flowrl_diffusion([256, 256, 256]),
     ),
 }
 

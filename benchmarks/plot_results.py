@@ -36,6 +36,8 @@ from __future__ import annotations
 
 import argparse
 import csv
+import glob
+import json
 import subprocess
 import sys
 from collections import defaultdict
@@ -95,9 +97,6 @@ def diagnose_runs(label: str, pattern: str) -> tuple[list[dict[str, Any]], list[
     Evaluation and run rows, in the pipeline's format, from ``benchmarks/diagnose_learning.py`` runs
     (every CSV matching ``pattern`` whose JSON config lies beside it), under the algorithm name ``label``.
     """
-    import glob
-    import json
-
     eval_rows, run_rows = [], []
     paths = sorted(glob.glob(pattern))
     if not paths:
@@ -119,7 +118,7 @@ def diagnose_runs(label: str, pattern: str) -> tuple[list[dict[str, Any]], list[
                 "status": "complete",
                 "wall_s": float(rows[-1]["wall_s"]) if rows else float("nan"),
                 "cpu_s": float("nan"),
-                "hyperparams": f"diagnose_learning.py, {path.name}",
+                "hyperparams": "diagnose_learning.py (each run's JSON config beside its CSV)",
                 "params": "",
             }
         )
