@@ -9,7 +9,7 @@ the actor's weights, the actor loss, and which observation features the determin
 
 One CSV row per evaluation. ``--kwargs`` is a JSON dict of constructor arguments (``policy_kwargs``
 included); ``--zoo`` takes the hyperparameters of the shipped RL Zoo config for the task instead
-(``--kwargs`` then overrides single entries). Runs on one thread unless told otherwise.
+(``--kwargs`` then overrides single entries, single ``policy_kwargs`` entries too). Runs on one thread unless told otherwise.
 """
 
 import argparse
@@ -201,11 +201,16 @@ def main() -> None:
     parser.add_argument("--zoo", action="store_true", help="start from the shipped RL Zoo config of the task")
     parser.add_argument("--kwargs", default="{}", help='JSON dict of constructor arguments (activations by name: "ReLU")')
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--device", default="auto", help="torch device (cpu, cuda, auto)")
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
     th.set_num_threads(args.threads)
     kwargs: dict[str, Any] = zoo_hyperparams(args.algo, args.env) if args.zoo else {}
-    kwargs.update(json.loads(args.kwargs))
+    overrides = json.loads(args.kwargs)
+    # policy_kwargs given with --zoo change single entries of the config's policy_kwargs
+    policy_overrides = overrides.pop("policy_kwargs", {})
+    kwargs.update(overrides)
+    kwargs["policy_kwargs"] = {**kwargs.get("policy_kwargs", {}), **policy_overrides}
     # activations by name in JSON ("ReLU", "nn.ReLU"): the torch.nn class
     policy_kwargs = kwargs.get("policy_kwargs", {})
     for key, value in policy_kwargs.items():
@@ -214,7 +219,7 @@ def main() -> None:
     n_envs = int(kwargs.pop("n_envs", 1))
     env = make_vec_env(args.env, n_envs=n_envs, seed=args.seed)
     eval_env = make_vec_env(args.env, n_envs=1, seed=args.seed + 1000)
-    model = ALGOS[args.algo]("MlpPolicy", env, seed=args.seed, verbose=0, **kwargs)
+    model = ALGOS[args.algo]("MlpPolicy", env, seed=args.seed, device=args.device, verbose=0, **kwargs)
     callback = Diagnostics(eval_env, max(args.eval_freq // n_envs, 1) * n_envs, args.eval_episodes, Path(args.out))
     with open(Path(args.out).with_suffix(".json"), "w") as file:
         json.dump(
