@@ -47,6 +47,25 @@ def zoo_hyperparams(algo: str, env_id: str) -> dict[str, Any]:
     return config
 
 
+def constructor_kwargs(algo: str, env_id: str, zoo: bool, overrides: dict[str, Any]) -> dict[str, Any]:
+    """
+    The constructor arguments of a run: the shipped zoo entry (``zoo``) with ``overrides`` on top, where
+    ``policy_kwargs`` entries replace single entries of the entry's ``policy_kwargs``; activations given
+    by name ("ReLU", "nn.ReLU") become the ``torch.nn`` class.
+    """
+    kwargs: dict[str, Any] = zoo_hyperparams(algo, env_id) if zoo else {}
+    overrides = dict(overrides)
+    policy_overrides = overrides.pop("policy_kwargs", {})
+    kwargs.update(overrides)
+    policy_kwargs = {**kwargs.get("policy_kwargs", {}), **policy_overrides}
+    for key, value in policy_kwargs.items():
+        if key.endswith("activation_fn") and isinstance(value, str):
+            policy_kwargs[key] = getattr(th.nn, value.removeprefix("nn."))
+    if policy_kwargs:
+        kwargs["policy_kwargs"] = policy_kwargs
+    return kwargs
+
+
 def effective_sample_size(weights: th.Tensor) -> th.Tensor:
     """Per-row ESS of normalised weights: 1 / sum w^2 (between 1 and the number of columns)."""
     return 1.0 / (weights**2).sum(dim=1)
@@ -205,17 +224,7 @@ def main() -> None:
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
     th.set_num_threads(args.threads)
-    kwargs: dict[str, Any] = zoo_hyperparams(args.algo, args.env) if args.zoo else {}
-    overrides = json.loads(args.kwargs)
-    # policy_kwargs given with --zoo change single entries of the config's policy_kwargs
-    policy_overrides = overrides.pop("policy_kwargs", {})
-    kwargs.update(overrides)
-    kwargs["policy_kwargs"] = {**kwargs.get("policy_kwargs", {}), **policy_overrides}
-    # activations by name in JSON ("ReLU", "nn.ReLU"): the torch.nn class
-    policy_kwargs = kwargs.get("policy_kwargs", {})
-    for key, value in policy_kwargs.items():
-        if key.endswith("activation_fn") and isinstance(value, str):
-            policy_kwargs[key] = getattr(th.nn, value.removeprefix("nn."))
+    kwargs = constructor_kwargs(args.algo, args.env, args.zoo, json.loads(args.kwargs))
     n_envs = int(kwargs.pop("n_envs", 1))
     env = make_vec_env(args.env, n_envs=n_envs, seed=args.seed)
     eval_env = make_vec_env(args.env, n_envs=1, seed=args.seed + 1000)

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch as th
 
 from benchmarks import plot_results, run_results
 from benchmarks.run_results import RunSpec
@@ -292,3 +293,19 @@ def test_real_zoo_run_killed_then_resumed_and_skipped(tmp_path):
     assert [int(r[3]) for r in rows] == [300, 600, 900, 1200]
     out = subprocess.run(args, cwd=repo, env=env, check=True, capture_output=True, text=True).stdout
     assert "  skip    sac Pendulum-v1 seed 0" in out
+
+
+def test_diagnose_kwargs_override_single_entries_of_the_zoo_policy_kwargs():
+    from benchmarks.diagnose_learning import constructor_kwargs
+
+    shipped = constructor_kwargs("sdac", "InvertedPendulum-v5", True, {})
+    assert shipped["policy_kwargs"]["net_arch"] == {"pi": [64, 64], "qf": [256, 256]}
+    overrides = {"batch_size": 64, "policy_kwargs": {"precision": "bf16"}}
+    kwargs = constructor_kwargs("sdac", "InvertedPendulum-v5", True, overrides)
+    assert kwargs["batch_size"] == 64 and kwargs["policy_kwargs"]["precision"] == "bf16"
+    # the rest of the entry's policy_kwargs is kept, and the override did not leak into the entry
+    assert {k: v for k, v in kwargs["policy_kwargs"].items() if k != "precision"} == shipped["policy_kwargs"]
+    assert constructor_kwargs("sac", "Pendulum-v1", False, {"policy_kwargs": {"activation_fn": "nn.ReLU"}}) == {
+        "policy_kwargs": {"activation_fn": th.nn.ReLU}
+    }
+    assert constructor_kwargs("sac", "Pendulum-v1", False, {}) == {}
