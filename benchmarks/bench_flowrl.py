@@ -6,8 +6,11 @@ script times one update step of each at FlowRL's Hopper-v5 settings (observation
 batch 256, replay data random) beside ours at the closest settings we offer:
 
 - FlowRL runs in a subprocess with the Python of a separate environment (``--flowrl-python``; ours
-  has no JAX), with XLA on one thread (``XLA_FLAGS=--xla_cpu_multi_thread_eigen=false
-  intra_op_parallelism_threads=1``) and the process pinned to one CPU. Its update functions are
+  has no JAX), pinned to one CPU (so its XLA threads share one core), with XLA's default flags
+  (``--xla-flags`` sets others). XLA's own single-thread setting
+  (``--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1``, this script's default until
+  2026-11-22) made FlowRL's SDAC update 1.8x slower on one pinned CPU (1.33 s against 0.73 s; QVPO
+  1.71 s either way), so it is not the default: the comparison takes FlowRL at its faster setting. Its update functions are
   jit-compiled, warmed up, and each timed update ends with ``jax.block_until_ready`` on the new
   parameters and metrics.
 - Ours runs in this process with ``torch.set_num_threads(1)``, pinned to the same CPU, through
@@ -54,7 +57,6 @@ ENV_ID = "Hopper-v5"
 OBS_DIM, ACT_DIM, BATCH_SIZE = 11, 3, 256
 BUFFER_TRANSITIONS = 10_000
 DEFAULT_FLOWRL_PYTHON = "/work/flowrl-venv/bin/python"
-XLA_ONE_THREAD = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
 
 # FlowRL 0.2.0 at Hopper-v5: examples/online/config/mujoco/algo/{qvpo,sdac}.yaml and config.yaml (batch 256)
 # at tag v0.2.0. Both noise networks: Mish MLP on concat(a_t, time MLP(learnable Fourier embedding of size
@@ -300,8 +302,8 @@ def flowrl_worker() -> None:
 class FlowRLProcess:
     """The driver's handle on the FlowRL worker."""
 
-    def __init__(self, python: str, source: str | None, cpu: int | None, cache_dir: str | None):
-        env = dict(os.environ, XLA_FLAGS=XLA_ONE_THREAD, JAX_PLATFORMS="cpu", OMP_NUM_THREADS="1")
+    def __init__(self, python: str, source: str | None, cpu: int | None, cache_dir: str | None, xla_flags: str = ""):
+        env = dict(os.environ, XLA_FLAGS=xla_flags, JAX_PLATFORMS="cpu", OMP_NUM_THREADS="1")
         env["XLA_PYTHON_CLIENT_PREALLOCATE"] = "false"
         if cache_dir:  # XLA's compilations kept on disk: minutes saved on the next run (QVPO's update is slow to compile)
             env["JAX_COMPILATION_CACHE_DIR"] = os.path.abspath(cache_dir)
@@ -468,6 +470,7 @@ def main() -> None:
     )
     parser.add_argument("--cpu", type=int, default=None, help="pin both to this CPU (default: the last one)")
     parser.add_argument("--no-pin", action="store_true", help="do not pin the processes to one CPU")
+    parser.add_argument("--xla-flags", default="", help="XLA_FLAGS of the FlowRL process (default: none, XLA's defaults)")
     parser.add_argument("--skip-flops", action="store_true", help="do not count FLOPs (saves a few updates)")
     parser.add_argument("--profile", action="store_true", help="also profile ours by phase and by operation")
     parser.add_argument("--out", default=None, help="write the table as CSV here")
@@ -487,7 +490,7 @@ def main() -> None:
         os.sched_setaffinity(0, {cpu})
     th.set_num_threads(1)
     load_before = _loadavg()
-    flowrl = FlowRLProcess(args.flowrl_python, args.flowrl_src, cpu, args.jax_cache_dir or None)
+    flowrl = FlowRLProcess(args.flowrl_python, args.flowrl_src, cpu, args.jax_cache_dir or None, args.xla_flags)
     try:
         versions = flowrl.call("versions")
         print(f"FlowRL {versions['flowrl']}, JAX {versions['jax']}, {versions['devices']}", file=sys.stderr)
