@@ -20,7 +20,9 @@ algorithm at its official settings:
 - milliseconds per action for one observation (the behaviour policy: best-of-32 for SDAC, best-of-4
   for QVPO, and the deterministic best-of-32) and rollout env steps per second (env step + action);
 - all of it for each ``--threads`` count (one subprocess per count) and the speed-up between them;
-- on CUDA, the projected wall time of a 1M-step SDAC Hopper run (200k updates, 5 envs).
+- on CUDA, the projected wall time of a 1M-step SDAC Hopper run (200k updates, 5 envs);
+- with ``--flowrl-src``, then the comparison with FlowRL at its own settings (``bench_flowrl.py``, which
+  needs FlowRL's separate environment; see its docstring).
 
 The replay buffer is filled with random transitions of the right shapes (the update's cost does not
 depend on the data). The machine may be shared: the load average is printed, and every update is
@@ -32,6 +34,7 @@ Usage::
     python benchmarks/bench_updates.py --threads 1 --envs Hopper-v5 --algos sdac sac --repeats 5
     python benchmarks/bench_updates.py --device cuda --threads 8
     python benchmarks/bench_updates.py --threads 1 --algos sdac qvpo --precisions fp32 bf16
+    python benchmarks/bench_updates.py --threads 1 --envs Hopper-v5 --flowrl-src /path/to/flowrl/v0.2.0   # + FlowRL
 """
 
 import argparse
@@ -704,6 +707,12 @@ def main() -> None:
     parser.add_argument("--precisions", nargs="+", default=PRECISIONS, choices=PRECISIONS, help="policy_kwargs precision")
     parser.add_argument("--skip-actions", action="store_true", help="time updates only (no actions, no rollout)")
     parser.add_argument("--json", default=None, help="also write the raw measurements to this file")
+    parser.add_argument(
+        "--flowrl-src",
+        default=None,
+        help="also run benchmarks/bench_flowrl.py (FlowRL's source folder; its environment: --flowrl-python) after the tables",
+    )
+    parser.add_argument("--flowrl-python", default=None, help="Python of FlowRL's environment")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
@@ -716,6 +725,13 @@ def main() -> None:
         with open(args.json, "w") as file:
             json.dump(runs, file, indent=1)
     print_report(args, runs, load_before)
+    if args.flowrl_src:  # the peer library at its own settings, same machine, right after
+        command = [sys.executable, os.path.join(os.path.dirname(os.path.abspath(__file__)), "bench_flowrl.py")]
+        command += ["--flowrl-src", args.flowrl_src, "--repeats", str(args.repeats)]
+        if args.flowrl_python:
+            command += ["--flowrl-python", args.flowrl_python]
+        print(f"\nrunning {' '.join(command[1:])}", flush=True)
+        subprocess.run(command, check=True)
 
 
 if __name__ == "__main__":
