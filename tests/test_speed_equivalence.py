@@ -367,6 +367,12 @@ def test_compiled_kernels_across_mishs_range(monkeypatch):
         out = h + bias
         kernels.COMPILED("mish", out)
         assert th.allclose(out, expected, rtol=1e-6, atol=1e-6)
+        # far below zero (trained critics do get there): normal floats, within 2e-34 of exact
+        low = th.linspace(-1e3, -86, 24 * 16).view(24, 16)
+        out = low.clone()
+        kernels.COMPILED("mish", out)
+        assert th.allclose(out, F.mish(low.double()).float(), rtol=0, atol=2e-34)
+        assert not ((out != 0) & (out.abs() < th.finfo(th.float32).tiny)).any()
 
 
 @pytest.mark.skipif(not HAS_COMPILER, reason="no C++ compiler")
@@ -420,3 +426,44 @@ def test_compile_mode_is_saved_with_the_policy(tmp_path):
     obs = th.randn(3, OBS_DIM)
     noise = policy.actor.draw_chain_noise(3, 4)
     assert th.equal(policy.sample(obs, 4, noise=noise), loaded.sample(obs, 4, noise=noise))
+
+
+def test_training_mode_reaches_every_module_and_spares_the_targets():
+    policy = make_policy()
+
+    calls: list[bool] = []
+
+    class Recorder(nn.Identity):
+        def train(self, mode: bool = True):
+            calls.append(mode)
+            return super().train(mode)
+
+    policy.critic.qf0.append(Recorder())  # a module with its own train() gets it called
+    for mode in (False, True, True, False):
+        policy.set_training_mode(mode)
+        assert policy.training == mode
+        assert all(module.training == mode for module in (*policy.actor.modules(), *policy.critic.modules()))
+        assert not any(module.training for module in (*policy.actor_target.modules(), *policy.critic_target.modules()))
+    assert calls == [False, True, True, False]
+
+
+def test_multi_tensor_adam_is_bitwise_the_plain_one():
+    # the policy asks for the multi-tensor optimizer unless optimizer_kwargs says otherwise
+    fast, plain = make_policy(), make_policy(optimizer_kwargs=dict(foreach=False))
+    assert fast.critic.optimizer.param_groups[0]["foreach"] is True
+    assert plain.critic.optimizer.param_groups[0]["foreach"] is False
+    plain.load_state_dict(fast.state_dict())
+    generator = th.Generator().manual_seed(0)
+    for _ in range(5):
+        obs, actions = th.randn(64, OBS_DIM, generator=generator), th.rand(64, ACT_DIM, generator=generator) * 2 - 1
+        for policy in (fast, plain):
+            for module in (policy.critic, policy.actor):
+                module.optimizer.zero_grad()
+            loss = sum(q.square().mean() for q in policy.critic(obs, actions))
+            t = th.full((64,), 2, dtype=th.long)
+            loss = loss + policy.actor.noise_net(obs, actions, t).square().mean()
+            loss.backward()
+            policy.critic.optimizer.step()
+            policy.actor.optimizer.step()
+    for (name, a), b in zip(fast.state_dict().items(), plain.state_dict().values(), strict=True):
+        assert th.equal(a, b), name

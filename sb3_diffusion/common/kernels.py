@@ -338,6 +338,11 @@ def split_mlp(mlp: nn.Module) -> tuple[list[nn.Linear], list[nn.Module]] | None:
     return linears, activations  # type: ignore[return-value]
 
 
+def _cast(tensor: th.Tensor, dtype: th.dtype) -> th.Tensor:
+    """``tensor.to(dtype)`` without the call when it is already in ``dtype`` (RowMLPs are built per call)."""
+    return tensor if tensor.dtype == dtype else tensor.to(dtype)
+
+
 class RowMLP:
     """
     An MLP evaluated on ``b`` states times ``k`` rows per state, whose first layer is split into a
@@ -374,12 +379,12 @@ class RowMLP:
         assert len(activations) == len(hidden) >= 1
         self.dtype = first_weight.dtype if dtype is None else dtype
         self.output_dtype = hidden[-1].weight.dtype
-        self.first_weight_t = first_weight.to(self.dtype).t()
+        self.first_weight_t = _cast(first_weight, self.dtype).t()
         self.activations = list(activations)
         self.layers = []
         for index, layer in enumerate(hidden):
             layer_dtype = self.output_dtype if index == len(hidden) - 1 else self.dtype
-            weight, bias = layer.weight.to(layer_dtype), layer.bias.to(layer_dtype)
+            weight, bias = _cast(layer.weight, layer_dtype), _cast(layer.bias, layer_dtype)
             self.layers.append((weight, weight.t(), bias))
         widths = [first_weight.shape[0]] + [layer.out_features for layer in hidden]
         options = dict(device=first_weight.device, dtype=self.dtype)
@@ -416,12 +421,12 @@ class RowMLP:
         rows = b * k
         assert rows <= self.max_rows
         h = self.buffers[0][:rows]
-        inputs = x.reshape(rows, -1).to(self.dtype)
+        inputs = _cast(x.reshape(rows, -1), self.dtype)
         if state_index is not None:  # each row's state part gathered into the first buffer
-            th.index_select(state_part.to(self.dtype), 0, state_index, out=h)
+            th.index_select(_cast(state_part, self.dtype), 0, state_index, out=h)
             h.addmm_(inputs, self.first_weight_t)
         elif b == 1:  # acting on one state: the state part is the bias of one addmm
-            th.addmm(state_part[0].to(self.dtype), inputs, self.first_weight_t, out=h)
+            th.addmm(_cast(state_part[0], self.dtype), inputs, self.first_weight_t, out=h)
         else:
             h.view(b, k, -1).copy_(state_part.unsqueeze(1))
             h.addmm_(inputs, self.first_weight_t)
