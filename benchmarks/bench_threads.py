@@ -24,6 +24,8 @@ Usage::
 
     python benchmarks/bench_threads.py                                  # both algorithms, full quick start
     python benchmarks/bench_threads.py --algos sdac --keep-pair --sweep
+    python benchmarks/bench_threads.py --variants plain --no-pairs          # one quick start alone per algorithm
+    python benchmarks/bench_threads.py --src /path/to/old --variants keep --no-pairs   # the code before, torch's threads
     python benchmarks/bench_threads.py --zoo-args "-n 2000"             # a quick check of the script
 """
 
@@ -207,6 +209,7 @@ def main() -> None:
     parser.add_argument("--seeds", nargs=2, type=int, default=[0, 1], help="seeds of the two runs at once")
     parser.add_argument("--variants", nargs="+", default=["plain", "num-threads-1", "keep"], choices=sorted(VARIANTS))
     parser.add_argument("--keep-pair", action="store_true", help="also time two at once in the keep variant (slow)")
+    parser.add_argument("--no-pairs", action="store_true", help="time each variant alone only")
     parser.add_argument("--zoo-args", default="", help='extra arguments of every zoo command, e.g. "-n 2000"')
     parser.add_argument("--src", default=None, help="run this checkout of sb3_diffusion (first on PYTHONPATH)")
     parser.add_argument("--sweep", action="store_true", help="also time one update at 1 and 2 threads by size")
@@ -223,7 +226,8 @@ def main() -> None:
         for algo in args.algos:
             for variant in args.variants:
                 alone = measure(algo, variant, args, folder, pair=False)
-                pair = measure(algo, variant, args, folder, pair=True) if variant != "keep" or args.keep_pair else None
+                run_pair = not args.no_pairs and (variant != "keep" or args.keep_pair)
+                pair = measure(algo, variant, args, folder, pair=True) if run_pair else None
                 rows.append((alone, pair))
 
     print(
@@ -232,7 +236,7 @@ def main() -> None:
     print("|---|---|---|---|---|---|")
     for alone, pair in rows:
         if pair is None:
-            pair_text, ratio = "not run (--keep-pair)", "n/a"
+            pair_text, ratio = "not run (--no-pairs)" if args.no_pairs else "not run (--keep-pair)", "n/a"
         else:
             each = ", ".join(f"{w:.1f}" for w in pair["walls"])
             cpu = ", ".join(f"{c:.1f}" for c in pair["cpus"])

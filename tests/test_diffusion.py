@@ -9,7 +9,7 @@ import torch as th
 from torch.nn import functional as F
 
 from sb3_diffusion.common.diffusion import DiffusionSchedule, cosine_betas, linear_betas, make_betas, vp_betas
-from sb3_diffusion.common.networks import NoisePredictionNet, SinusoidalEmbedding, init_linear_, mish
+from sb3_diffusion.common.networks import Mish, NoisePredictionNet, SinusoidalEmbedding, _MishFunction, init_linear_, mish
 
 
 def test_cosine_alphas_cumprod_closed_form():
@@ -133,6 +133,27 @@ def test_mish_is_exact():
     # relative accuracy where Mish is tiny (the one-exp form has no cancellation)
     tail = x[(x < -5) & (x > -80)]
     assert th.allclose(mish(tail), F.mish(tail.double()).float(), rtol=1e-5, atol=0)
+
+
+def test_mish_module_gradient_is_torchs():
+    # the gradient steps' Mish (one exp, torch's gradient formula) against F.mish in float64
+    x = th.cat([th.linspace(-200, 60, 5001), th.tensor([-87.5, -87.0, 0.0, 19.99, 20.0, 20.01])])
+    x.requires_grad_()
+    grad_out = th.randn(x.shape, generator=th.Generator().manual_seed(0))
+    value = Mish()(x)
+    (grad,) = th.autograd.grad(value, x, grad_out)
+    x64 = x.detach().double().requires_grad_()
+    value64 = F.mish(x64)
+    (grad64,) = th.autograd.grad(value64, x64, grad_out.double())
+    assert th.allclose(value.double(), value64, rtol=1e-6, atol=1e-6)
+    assert th.allclose(grad.double(), grad64, rtol=1e-5, atol=2e-6)
+    # the formula itself, in float64
+    assert th.autograd.gradcheck(_MishFunction.apply, (th.randn(30, dtype=th.float64, requires_grad=True),))
+    # second derivatives are refused rather than wrong (none of the losses needs them)
+    z = th.randn(5, requires_grad=True)
+    (first,) = th.autograd.grad(_MishFunction.apply(z).sum(), z, create_graph=True)
+    with pytest.raises(RuntimeError):
+        first.sum().backward()
 
 
 def test_mish_far_below_zero_stays_on_normal_floats():
