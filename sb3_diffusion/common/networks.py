@@ -67,7 +67,10 @@ class _MishFunction(th.autograd.Function):
 
 
 def mish_with_grad(x: th.Tensor) -> th.Tensor:
-    """Mish for the gradient steps: :class:`_MishFunction` for float32 on a CPU, ``F.mish`` elsewhere (one fused kernel on accelerators)."""
+    """
+    Mish for the gradient steps: :class:`_MishFunction` for float32 on a CPU, ``F.mish`` elsewhere (one
+    fused kernel on accelerators).
+    """
     if x.device.type == "cpu" and x.dtype == th.float32:
         return _MishFunction.apply(x)
     return F.mish(x)
