@@ -37,7 +37,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from sb3_diffusion.common.diffusion import StepCoefficients, reverse_step
-from sb3_diffusion.common.networks import mish
+from sb3_diffusion.common.networks import SMALL_ACTIVATION_ELEMENTS, mish
 
 COMPILE_MODES = ("auto", "on", "off")
 COMPILE_ENV_VAR = "SB3_DIFFUSION_COMPILE"
@@ -45,8 +45,6 @@ COMPILE_ENV_VAR = "SB3_DIFFUSION_COMPILE"
 AUTO_COMPILE_MIN_ELEMENTS = 1 << 18
 # Rows per chunk on CPU: a 2048 x 256 float32 buffer is 2 MiB, about one core's L2 cache
 DEFAULT_CHUNK_ROWS = 2048
-# Below this many elements torch's one-kernel F.mish beats seven cheap passes (op overhead dominates)
-SMALL_ACTIVATION_ELEMENTS = 4096
 # Chains of at most this many rows (acting: one or a few states times K candidates) can run as one
 # compiled function of the whole chain, which removes the per-operation overhead that dominates them
 SMALL_CHAIN_ROWS = 256

@@ -17,6 +17,9 @@ from torch.nn import functional as F
 INITIALIZATIONS = ("haiku", "qvpo", "torch")
 # Lower clamp of the exponent in :func:`mish`: e^-87 = 1.6e-38 is still a normal float32 number
 MISH_EXP_MIN = -87.0
+# On a CPU, up to this many elements torch's one-kernel F.mish beats the one-exp form's several cheap
+# passes (the per-operation overhead dominates), with and without autograd (benchmarks/bench_small_path.py)
+SMALL_ACTIVATION_ELEMENTS = 4096
 
 
 def mish(x: th.Tensor, out: th.Tensor | None = None, scratch: tuple[th.Tensor, th.Tensor] | None = None) -> th.Tensor:
@@ -54,9 +57,10 @@ def _tanh_softplus(x: th.Tensor, scratch: tuple[th.Tensor, th.Tensor] | None = N
 class _MishFunction(th.autograd.Function):
     """
     Mish with autograd, from the one-exp form of :func:`mish`: the forward keeps ``t = tanh(softplus(x))``
-    and the backward is torch's own formula ``t + x sigmoid(x) (1 - t^2)``. On a CPU in float32 this is
-    2-3x faster than ``F.mish`` forward and backward on 128 to 2048 rows of 64 (1.5x on 4096 x 256;
-    docs/performance.md); the values agree to float rounding (tests/test_diffusion.py).
+    and the backward is torch's own formula ``t + x sigmoid(x) (1 - t^2)``. On a CPU in float32, forward
+    and backward take 1.1-2.1x less time than ``F.mish``'s from 8,192 elements up (at 128 to 2048 rows
+    of 64 and 256 rows of 256; benchmarks/bench_small_path.py); the values agree to float rounding
+    (tests/test_diffusion.py).
     """
 
     @staticmethod
@@ -74,10 +78,11 @@ class _MishFunction(th.autograd.Function):
 
 def mish_with_grad(x: th.Tensor) -> th.Tensor:
     """
-    Mish for the gradient steps: :class:`_MishFunction` for float32 on a CPU, ``F.mish`` elsewhere (one
-    fused kernel on accelerators).
+    Mish for the gradient steps: :class:`_MishFunction` for float32 on a CPU above
+    ``SMALL_ACTIVATION_ELEMENTS``, ``F.mish`` elsewhere (one fused kernel on accelerators, and fewer
+    operations on small tensors).
     """
-    if x.device.type == "cpu" and x.dtype == th.float32:
+    if x.device.type == "cpu" and x.dtype == th.float32 and x.numel() > SMALL_ACTIVATION_ELEMENTS:
         return _MishFunction.apply(x)
     return F.mish(x)
 
