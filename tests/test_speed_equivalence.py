@@ -335,6 +335,50 @@ def test_selection_is_made_in_one_place(monkeypatch):
     assert on.select("sample", cpu, 32, 256, mish3) == "chunked"
 
 
+def test_vector_width_of_the_compiled_kernels(monkeypatch):
+    """256-bit code for float32 on Intel AVX-512 CPUs (measured faster there), the widest for bf16; env override."""
+    monkeypatch.delenv(kernels.SIMDLEN_ENV_VAR, raising=False)
+    monkeypatch.setattr(kernels, "_intel_avx512", lambda: True)
+    assert kernels.inductor_simdlen(th.float32) == 256
+    assert kernels.inductor_simdlen(th.bfloat16) is None
+    monkeypatch.setattr(kernels, "_intel_avx512", lambda: False)
+    assert kernels.inductor_simdlen(th.float32) is None
+    monkeypatch.setenv(kernels.SIMDLEN_ENV_VAR, "512")
+    assert kernels.inductor_simdlen(th.float32) == kernels.inductor_simdlen(th.bfloat16) == 512
+    monkeypatch.setenv(kernels.SIMDLEN_ENV_VAR, "Auto")
+    assert kernels.inductor_simdlen(th.float32) is None
+    for bad in ("wide", "300", "-256"):
+        monkeypatch.setenv(kernels.SIMDLEN_ENV_VAR, bad)
+        with pytest.raises(ValueError, match=kernels.SIMDLEN_ENV_VAR):
+            kernels.inductor_simdlen(th.float32)
+
+
+def test_a_bf16_call_runs_the_bf16_variant(monkeypatch):
+    """Each precision has its own compiled functions (own vector width): a call is routed by its compute dtype."""
+    seen = []
+    names = [name + suffix for name in ("bias_mish", "mish", "chain", "min_q") for suffix in ("", kernels.BF16_SUFFIX)]
+    functions = {name: (lambda *args, name=name: seen.append(name)) for name in names}
+    monkeypatch.setattr(kernels.COMPILED, "functions", functions)
+    monkeypatch.setattr(kernels.COMPILED, "broken", False)
+    kernels.COMPILED("bias_mish", th.zeros(2, 2), th.zeros(2))
+    kernels.COMPILED("mish", th.zeros(2, 2, dtype=th.bfloat16))
+    kernels.COMPILED("chain", th.zeros(1), [], [], th.bfloat16)
+    kernels.COMPILED("min_q", [], th.zeros(1), [], [], [], th.float32)
+    kernels.COMPILED("min_q", [], th.zeros(1), [], [], [])  # dtype left at its default (float32)
+    assert seen == ["bias_mish", "mish" + kernels.BF16_SUFFIX, "chain" + kernels.BF16_SUFFIX, "min_q", "min_q"]
+
+
+def test_chunk_rows_from_the_environment(monkeypatch):
+    monkeypatch.delenv(kernels.CHUNK_ROWS_ENV_VAR, raising=False)
+    assert kernels._chunk_rows_from_env(2048) == 2048
+    monkeypatch.setenv(kernels.CHUNK_ROWS_ENV_VAR, "8192")
+    assert kernels._chunk_rows_from_env(2048) == 8192
+    for bad in ("0", "many", "-5"):
+        monkeypatch.setenv(kernels.CHUNK_ROWS_ENV_VAR, bad)
+        with pytest.raises(ValueError, match=kernels.CHUNK_ROWS_ENV_VAR):
+            kernels._chunk_rows_from_env(2048)
+
+
 def test_compile_mode_resolution(monkeypatch):
     monkeypatch.delenv(kernels.COMPILE_ENV_VAR, raising=False)
     assert resolve_compile_mode("auto") == "auto"
