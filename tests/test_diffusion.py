@@ -9,7 +9,15 @@ import torch as th
 from torch.nn import functional as F
 
 from sb3_diffusion.common.diffusion import DiffusionSchedule, cosine_betas, linear_betas, make_betas, vp_betas
-from sb3_diffusion.common.networks import Mish, NoisePredictionNet, SinusoidalEmbedding, _MishFunction, init_linear_, mish
+from sb3_diffusion.common.networks import (
+    Mish,
+    NoisePredictionNet,
+    SinusoidalEmbedding,
+    _MishFunction,
+    init_linear_,
+    mish,
+    mish_expression,
+)
 
 
 def test_cosine_alphas_cumprod_closed_form():
@@ -167,6 +175,12 @@ def test_mish_far_below_zero_stays_on_normal_floats():
         assert not ((tensor != 0) & (tensor.abs() < tiny)).any()
     assert th.allclose(out, F.mish(x.double()).float(), rtol=0, atol=2e-34)
     assert (out < 0).all()  # still on the right side of zero
+
+
+def test_mish_expression_is_the_same_formula():
+    """The out-of-place form compiled kernels use gives :func:`mish`'s float32 results bit for bit."""
+    x = th.cat([th.linspace(-1e4, -80, 501), th.linspace(-90, 90, 2001), th.linspace(80, 1e4, 501), th.randn(1000) * 3])
+    assert th.equal(mish_expression(x), mish(x))
 
 
 def test_sinusoidal_embedding_values():

@@ -420,6 +420,26 @@ def test_compiled_kernels_across_mishs_range(monkeypatch):
 
 
 @pytest.mark.skipif(not HAS_COMPILER, reason="no C++ compiler")
+@pytest.mark.filterwarnings("error:sb3_diffusion. torch.compile")
+def test_compiled_bf16_mish_rounds_once(monkeypatch):
+    """
+    A compiled bf16 bias+Mish computes in float32 and rounds once: the bf16 nearest the exact value of
+    mish(h + bias), within half the spacing of bf16 numbers there.
+    """
+    monkeypatch.delenv(kernels.COMPILE_ENV_VAR, raising=False)
+    th.manual_seed(3)
+    h = (th.randn(64, 32) * 4).to(th.bfloat16)
+    bias = th.randn(32).to(th.bfloat16)
+    exact = F.mish(h.double() + bias.double())
+    with th.inference_mode():
+        out = h.clone()
+        kernels.COMPILED("bias_mish", out, bias)
+    # the spacing of bf16 numbers at each value (8 bits of mantissa): rounding once is within half of it
+    spacing = 2.0 ** (th.floor(th.log2(exact.abs().clamp_min(1e-30))) - 7)
+    assert ((out.double() - exact).abs() <= 0.5 * spacing * (1 + 1e-4)).all()
+
+
+@pytest.mark.skipif(not HAS_COMPILER, reason="no C++ compiler")
 def test_global_torch_settings_are_restored(monkeypatch):
     """The compiled fixed-shape functions raise dynamo's recompile limit only while they run."""
     monkeypatch.delenv(kernels.COMPILE_ENV_VAR, raising=False)

@@ -39,7 +39,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from sb3_diffusion.common.diffusion import StepCoefficients, reverse_step
-from sb3_diffusion.common.networks import SMALL_ACTIVATION_ELEMENTS, mish
+from sb3_diffusion.common.networks import SMALL_ACTIVATION_ELEMENTS, mish, mish_expression
 
 COMPILE_MODES = ("auto", "on", "off")
 COMPILE_ENV_VAR = "SB3_DIFFUSION_COMPILE"
@@ -133,12 +133,12 @@ def fast_bf16_available(device: th.device) -> bool:
 
 def _bias_mish_kernel(h: th.Tensor, bias: th.Tensor) -> None:
     """h <- mish(h + bias), in place. h: (R, W), bias: (W,)."""
-    h.copy_(mish(h + bias))
+    h.copy_(mish_expression(h + bias))
 
 
 def _mish_kernel(h: th.Tensor) -> None:
     """h <- mish(h), in place."""
-    h.copy_(mish(h))
+    h.copy_(mish_expression(h))
 
 
 def _mish_mlp(h: th.Tensor, weights: list[th.Tensor], biases: list[th.Tensor], dtype: th.dtype) -> th.Tensor:
@@ -147,9 +147,9 @@ def _mish_mlp(h: th.Tensor, weights: list[th.Tensor], biases: list[th.Tensor], d
     output layer. The hidden layers run in ``dtype`` (weights cast here, inside the compiled graph); the
     output layer in the dtype of its weights, so a bf16 network still returns fp32 outputs.
     """
-    h = mish(h.to(dtype))
+    h = mish_expression(h.to(dtype))
     for weight, bias in zip(weights[:-1], biases[:-1], strict=True):
-        h = mish(h @ weight.to(dtype).t() + bias.to(dtype))
+        h = mish_expression(h @ weight.to(dtype).t() + bias.to(dtype))
     return h.to(weights[-1].dtype) @ weights[-1].t() + biases[-1]
 
 
