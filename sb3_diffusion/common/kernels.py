@@ -323,6 +323,25 @@ class _CompiledKernels:
 COMPILED = _CompiledKernels()
 
 
+_ZERO_BIASES: dict[tuple[int, th.dtype, th.device], th.Tensor] = {}
+
+
+def _compiled_mish_(h: th.Tensor) -> None:
+    """
+    ``h <- mish(h)`` in place with the compiled kernels. In bf16 through the bias+Mish kernel with a
+    zero bias: inductor writes the bias-free kernel as one flat loop that ran at 0.64 G elements/s on
+    a Xeon, against 1.04 G/s for the row-by-row loop of the bias kernel (same values: ``x + 0 = x``).
+    """
+    if h.dtype != th.bfloat16:
+        COMPILED("mish", h)
+        return
+    key = (h.shape[-1], h.dtype, h.device)
+    zero = _ZERO_BIASES.get(key)
+    if zero is None:
+        zero = _ZERO_BIASES[key] = th.zeros(h.shape[-1], dtype=h.dtype, device=h.device)
+    COMPILED("bias_mish", h, zero)
+
+
 def compiled_kernels_available() -> bool:
     """False once a compilation has failed in this process."""
     return not COMPILED.broken
@@ -492,7 +511,7 @@ class RowMLP:
             h.view(b, k, -1).copy_(state_part.unsqueeze(1))
             h.addmm_(inputs, self.first_weight_t)
         if self.compiled:
-            COMPILED("mish", h)
+            _compiled_mish_(h)
         else:
             activation_(self.activations[0], h, self._scratch)
         onednn = rows >= ONEDNN_MIN_ROWS and ONEDNN.usable(h)
@@ -507,7 +526,7 @@ class RowMLP:
             out = ONEDNN.linear(h, weight, bias, "relu" if fused_relu else "none") if onednn else None
             if out is not None:  # bias (and a ReLU) included
                 if self.compiled:
-                    COMPILED("mish", out)
+                    _compiled_mish_(out)
                 elif not fused_relu:
                     activation_(activation, out, self._scratch)
             elif self.compiled:
