@@ -8,12 +8,17 @@ docs/precision.md).
 """
 
 import argparse
-import time
+import statistics
+import sys
 from collections.abc import Callable
+from pathlib import Path
 
 import torch as th
 
 from sb3_diffusion.common.kernels import COMPILED, ONEDNN
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_updates import _timed
 
 DTYPES = {"fp32": th.float32, "bf16": th.bfloat16}
 WIDTH = 256
@@ -22,12 +27,7 @@ WIDTH = 256
 def median_seconds(fn: Callable[[], object], repeats: int = 30) -> float:
     for _ in range(3):
         fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return sorted(times)[len(times) // 2]
+    return statistics.median(_timed(fn, th.device("cpu"))[0] for _ in range(repeats))
 
 
 def probe(dtype: th.dtype, rows: int) -> str:
