@@ -16,6 +16,9 @@ writes, in ``--out``:
   beside it) added under the algorithm name ``LABEL``, for agents that were not run through the
   pipeline; they are a different harness (their own evaluation of the deterministic policy), so give
   them a label that says so (for example ``sdac*``) and use the same evaluation frequency and episodes;
+- with ``--add LABEL=FOLDER``: the runs of another pipeline log folder (its gathered CSVs) added under
+  the algorithm name ``LABEL``, for runs of the same algorithm with other hyperparameters or on another
+  machine (for example ``qvpo*``, a reduced configuration), which must not be averaged with the others;
 - with ``--budget N``: evaluations after step N are left out (runs that went on longer);
 - with ``--threshold R``: ``final_scores`` also gives, per run, the first evaluation step whose mean
   return reaches R (``-`` if none);
@@ -123,6 +126,16 @@ def diagnose_runs(label: str, pattern: str) -> tuple[list[dict[str, Any]], list[
             }
         )
     return eval_rows, run_rows
+
+
+def relabelled_runs(label: str, folder: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Evaluation and run rows of the pipeline log folder ``folder`` (gathered), every run's algorithm named ``label``."""
+    paths = [folder / "evaluations.csv", folder / "runs.csv"]
+    missing = [str(path) for path in paths if not path.is_file()]
+    if missing:
+        raise SystemExit(f"--add {label}={folder}: no {', '.join(missing)} (gather it: run_results.py --gather-only)")
+    evaluations, runs = (read_csv(path) for path in paths)
+    return [{**row, "algo": label} for row in evaluations], [{**row, "algo": label} for row in runs]
 
 
 def cut_at_budget(
@@ -295,6 +308,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--diagnose", nargs="*", default=[], metavar="LABEL=GLOB", help="diagnose_learning.py runs to add, as LABEL"
     )
+    parser.add_argument(
+        "--add", nargs="*", default=[], metavar="LABEL=FOLDER", help="another pipeline log folder's runs, as LABEL"
+    )
     parser.add_argument("--budget", type=int, default=None, help="leave out evaluations after this step")
     parser.add_argument("--threshold", type=float, default=None, help="report each run's first step at this return")
     args = parser.parse_args(argv)
@@ -307,6 +323,13 @@ def main(argv: list[str] | None = None) -> None:
         if not sep or not label or not pattern:
             parser.error(f"--diagnose takes LABEL=GLOB, got {item!r}")
         more_evaluations, more_runs = diagnose_runs(label, pattern)
+        evaluations += more_evaluations
+        runs += more_runs
+    for item in args.add:
+        label, sep, folder = item.partition("=")
+        if not sep or not label or not folder:
+            parser.error(f"--add takes LABEL=FOLDER, got {item!r}")
+        more_evaluations, more_runs = relabelled_runs(label, Path(folder))
         evaluations += more_evaluations
         runs += more_runs
     if args.budget is not None:

@@ -266,6 +266,28 @@ def test_diagnose_runs_cut_at_the_budget_with_first_step_at_a_threshold(tmp_path
         plot_results.diagnose_runs("x", str(tmp_path / "nothing*.csv"))
 
 
+def test_another_log_folder_added_under_its_own_label(tmp_path):
+    """``--add qvpo*=FOLDER``: a reduced configuration's runs get their own line, not averaged with qvpo's."""
+    header = "algo,env,seed,timestep,return_mean,return_std,return_min,return_max,episodes,ep_length_mean"
+    run_header = "algo,env,seed,steps,eval_freq,eval_episodes,status,last_timestep,final_return,best_return,wall_s,cpu_s,hyperparams,params"
+    for folder, returns in (("main", (100.0, 300.0)), ("reduced", (200.0, 900.0))):
+        (tmp_path / folder).mkdir()
+        rows = [f"qvpo,E,{seed},1000,{r},0,{r},{r},5,100" for seed, r in enumerate(returns)]
+        (tmp_path / folder / "evaluations.csv").write_text("\n".join([header, *rows]) + "\n")
+        runs = [f"qvpo,E,{seed},1000,1000,5,complete,1000,{r},{r},10.0,9.0,zoo,{folder}" for seed, r in enumerate(returns)]
+        (tmp_path / folder / "runs.csv").write_text("\n".join([run_header, *runs]) + "\n")
+    out = tmp_path / "out"
+    plot_results.main(["--log-folder", str(tmp_path / "main"), "--out", str(out), "--reps", "50",
+                       "--add", f"qvpo*={tmp_path / 'reduced'}"])  # fmt: skip
+    scores = {row["algo"]: row for row in plot_results.read_csv(out / "final_scores.csv")}
+    assert set(scores) == {"qvpo", "qvpo*"}
+    assert float(scores["qvpo"]["mean"]) == 200.0 and float(scores["qvpo*"]["mean"]) == 550.0
+    with pytest.raises(SystemExit, match="gather"):
+        plot_results.main(["--log-folder", str(tmp_path / "main"), "--out", str(out), "--add", f"x={tmp_path / 'none'}"])
+    with pytest.raises(SystemExit):
+        plot_results.main(["--log-folder", str(tmp_path / "main"), "--add", "no-equals-sign"])
+
+
 @pytest.mark.slow
 def test_real_zoo_run_killed_then_resumed_and_skipped(tmp_path):
     """SB3 SAC through RL Zoo and benchmarks/zoo_resume.py: killed after a checkpoint, resumed to its budget."""
