@@ -269,7 +269,8 @@ def test_diagnose_runs_cut_at_the_budget_with_first_step_at_a_threshold(tmp_path
 def test_another_log_folder_added_under_its_own_label(tmp_path):
     """``--add qvpo*=FOLDER``: a reduced configuration's runs get their own line, not averaged with qvpo's."""
     header = "algo,env,seed,timestep,return_mean,return_std,return_min,return_max,episodes,ep_length_mean"
-    run_header = "algo,env,seed,steps,eval_freq,eval_episodes,status,last_timestep,final_return,best_return,wall_s,cpu_s,hyperparams,params"
+    run_header = "algo,env,seed,steps,eval_freq,eval_episodes,status,last_timestep,final_return,best_return,"
+    run_header += "wall_s,cpu_s,hyperparams,params"
     for folder, returns in (("main", (100.0, 300.0)), ("reduced", (200.0, 900.0))):
         (tmp_path / folder).mkdir()
         rows = [f"qvpo,E,{seed},1000,{r},0,{r},{r},5,100" for seed, r in enumerate(returns)]
