@@ -17,6 +17,8 @@ from torch.nn import functional as F
 INITIALIZATIONS = ("haiku", "qvpo", "torch")
 # Lower clamp of the exponent in :func:`mish`: e^-87 = 1.6e-38 is still a normal float32 number
 MISH_EXP_MIN = -87.0
+# Upper clamp of the exponent: tanh(softplus(x)) is 1 in float32 from about x = 9 on
+MISH_EXP_MAX = 20.0
 # On a CPU, up to this many elements torch's one-kernel F.mish beats the one-exp form's several cheap
 # passes (the per-operation overhead dominates), with and without autograd (benchmarks/bench_small_path.py)
 SMALL_ACTIVATION_ELEMENTS = 4096
@@ -48,7 +50,7 @@ def _tanh_softplus(x: th.Tensor, scratch: tuple[th.Tensor, th.Tensor] | None = N
     (see :func:`mish`); written into ``scratch[1]`` if given.
     """
     a, b = scratch if scratch is not None else (th.empty_like(x), th.empty_like(x))
-    th.clamp(x, min=MISH_EXP_MIN, max=20.0, out=a).exp_()  # e
+    th.clamp(x, min=MISH_EXP_MIN, max=MISH_EXP_MAX, out=a).exp_()  # e
     th.add(a, 2.0, out=b).mul_(a)  # n = e (e + 2)
     th.add(b, 2.0, out=a)  # n + 2
     return b.div_(a)  # n / (n + 2) = tanh(softplus(x))
@@ -63,7 +65,7 @@ def mish_expression(x: th.Tensor) -> th.Tensor:
     docs/performance.md); float32 ran at the same speed either way. Eagerly it allocates a tensor per
     operation: use :func:`mish` there.
     """
-    e = th.clamp(x, min=MISH_EXP_MIN, max=20.0).exp()
+    e = th.clamp(x, min=MISH_EXP_MIN, max=MISH_EXP_MAX).exp()
     n = e * (e + 2.0)
     return x * (n / (n + 2.0))
 
