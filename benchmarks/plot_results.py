@@ -19,6 +19,8 @@ writes, in ``--out``:
 - with ``--add LABEL=FOLDER``: the runs of another pipeline log folder (its gathered CSVs) added under
   the algorithm name ``LABEL``, for runs of the same algorithm with other hyperparameters or on another
   machine (for example ``qvpo*``, a reduced configuration), which must not be averaged with the others;
+- with ``--rename ALGO=LABEL``: the log folder's own runs of ``ALGO`` drawn and tabled as ``LABEL``, for
+  runs made in the same folder with changed hyperparameters (``--params``) that the label should name;
 - with ``--budget N``: evaluations after step N are left out (runs that went on longer);
 - with ``--threshold R``: ``final_scores`` also gives, per run, the first evaluation step whose mean
   return reaches R (``-`` if none);
@@ -311,6 +313,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--add", nargs="*", default=[], metavar="LABEL=FOLDER", help="another pipeline log folder's runs, as LABEL"
     )
+    parser.add_argument(
+        "--rename", nargs="*", default=[], metavar="ALGO=LABEL", help="the log folder's runs of ALGO, as LABEL"
+    )
     parser.add_argument("--budget", type=int, default=None, help="leave out evaluations after this step")
     parser.add_argument("--threshold", type=float, default=None, help="report each run's first step at this return")
     args = parser.parse_args(argv)
@@ -318,6 +323,16 @@ def main(argv: list[str] | None = None) -> None:
     out.mkdir(parents=True, exist_ok=True)
     evaluations: list[dict[str, Any]] = read_csv(args.log_folder / "evaluations.csv")
     runs: list[dict[str, Any]] = read_csv(args.log_folder / "runs.csv")
+    renames = {}
+    for item in args.rename:
+        algo, sep, label = item.partition("=")
+        if not sep or not algo or not label:
+            parser.error(f"--rename takes ALGO=LABEL, got {item!r}")
+        if not any(row["algo"] == algo for row in runs):
+            parser.error(f"--rename {item}: {args.log_folder} has no runs of {algo!r}")
+        renames[algo] = label
+    evaluations = [{**row, "algo": renames.get(row["algo"], row["algo"])} for row in evaluations]
+    runs = [{**row, "algo": renames.get(row["algo"], row["algo"])} for row in runs]
     for item in args.diagnose:
         label, sep, pattern = item.partition("=")
         if not sep or not label or not pattern:

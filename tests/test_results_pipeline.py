@@ -287,6 +287,14 @@ def test_another_log_folder_added_under_its_own_label(tmp_path):
         plot_results.main(["--log-folder", str(tmp_path / "main"), "--out", str(out), "--add", f"x={tmp_path / 'none'}"])
     with pytest.raises(SystemExit):
         plot_results.main(["--log-folder", str(tmp_path / "main"), "--add", "no-equals-sign"])
+    # --rename: the folder's own runs under another label (made there with --params)
+    plot_results.main(["--log-folder", str(tmp_path / "main"), "--out", str(out), "--reps", "50", "--rename", "qvpo=qvpo*"])
+    (score,) = plot_results.read_csv(out / "final_scores.csv")
+    assert score["algo"] == "qvpo*" and float(score["mean"]) == 200.0
+    assert {row["algo"] for row in plot_results.read_csv(out / "learning_curves.csv")} == {"qvpo*"}
+    for bad in ("sac=sac*", "qvpo"):
+        with pytest.raises(SystemExit):
+            plot_results.main(["--log-folder", str(tmp_path / "main"), "--out", str(out), "--rename", bad])
 
 
 @pytest.mark.slow
