@@ -46,11 +46,30 @@ def test_unbounded_box_actions(algo, low, high):
         cls("MlpPolicy", env, **kwargs)
 
 
-def test_dict_observations(algo):
+@pytest.mark.parametrize(
+    "observation_space",
+    [spaces.Dict({"a": BOX_OBS}), spaces.Tuple((BOX_OBS, BOX_OBS))],
+    ids=["Dict", "Tuple"],
+)
+def test_structured_observations_name_the_flattening_wrapper(algo, observation_space):
     cls, kwargs = algo
-    env = SpaceEnv(spaces.Dict({"a": BOX_OBS}), spaces.Box(-1, 1, (2,), np.float32))
-    with pytest.raises(ValueError, match=r"Dict|MultiInputPolicy"):
+    env = SpaceEnv(observation_space, spaces.Box(-1, 1, (2,), np.float32))
+    kind = type(observation_space).__name__
+    with pytest.raises(ValueError, match=f"got a {kind} observation space.*FlattenObservation"):
         cls("MlpPolicy", env, **kwargs)
+    # and not only at construction: set_env checks the new environment too
+    model = cls("MlpPolicy", SpaceEnv(BOX_OBS, spaces.Box(-1, 1, (2,), np.float32)), **kwargs)
+    with pytest.raises(ValueError, match="FlattenObservation"):
+        model.set_env(env)
+
+
+@pytest.mark.parametrize("policy", ["MultiInputPolicy", "CnnPolicy", "mlppolicy"])
+def test_unknown_policy_names_say_what_is_offered(algo, policy):
+    """SB3 tells a user with Dict observations to use MultiInputPolicy: that must not be a dead end."""
+    cls, kwargs = algo
+    env = SpaceEnv(BOX_OBS, spaces.Box(-1, 1, (2,), np.float32))
+    with pytest.raises(ValueError, match=f"Policy '{policy}' unknown: {cls.__name__} offers 'MlpPolicy'"):
+        cls(policy, env, **kwargs)
 
 
 @pytest.mark.parametrize(

@@ -13,7 +13,7 @@ from stable_baselines3.common.buffers import ReplayBuffer
 from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.noise import ActionNoise
 from stable_baselines3.common.off_policy_algorithm import OffPolicyAlgorithm
-from stable_baselines3.common.policies import ContinuousCritic
+from stable_baselines3.common.policies import BasePolicy, ContinuousCritic
 from stable_baselines3.common.save_util import recursive_getattr
 from stable_baselines3.common.type_aliases import GymEnv, MaybeCallback, RolloutReturn, TrainFreq, TrainFrequencyUnit
 from stable_baselines3.common.vec_env import VecEnv
@@ -29,7 +29,7 @@ from sb3_diffusion.common.save_util import (
     load_pickle_error,
 )
 from sb3_diffusion.common.threads import ThreadChoice
-from sb3_diffusion.common.utils import check_action_space, check_float, check_int
+from sb3_diffusion.common.utils import check_action_space, check_float, check_int, check_observation_space
 
 SelfDiffusionOffPolicyAlgorithm = TypeVar("SelfDiffusionOffPolicyAlgorithm", bound="DiffusionOffPolicyAlgorithm")
 
@@ -124,7 +124,20 @@ class DiffusionOffPolicyAlgorithm(OffPolicyAlgorithm):
                 f"env must be a Gymnasium environment, a VecEnv or the id of a registered environment (a string), got {env!r}"
             )
         check_action_space(env.action_space)
+        check_observation_space(env.observation_space)
         return OffPolicyAlgorithm._wrap_env(env, verbose, monitor_wrapper)
+
+    def _get_policy_from_name(self, policy_name: str) -> type[BasePolicy]:
+        # SB3's own message ("Policy X unknown") leaves a user who followed its advice to use
+        # MultiInputPolicy or CnnPolicy at a dead end: say what is offered instead
+        if policy_name not in self.policy_aliases:
+            offered = ", ".join(repr(name) for name in self.policy_aliases)
+            raise ValueError(
+                f"Policy {policy_name!r} unknown: {type(self).__name__} offers {offered} (or a policy class). "
+                "Observations of any Box shape are flattened into its networks' input; Dict observations "
+                "need flattening first (gymnasium.wrappers.FlattenObservation)."
+            )
+        return self.policy_aliases[policy_name]
 
     @staticmethod
     def _forward_to_policy(policy_kwargs: dict[str, Any] | None, **values: int) -> dict[str, Any]:

@@ -50,6 +50,17 @@ def check_action_space(action_space: spaces.Space) -> None:
         )
 
 
+def check_observation_space(observation_space: spaces.Space) -> None:
+    """The policies' networks take one flat vector per state: no Dict or Tuple observations."""
+    if isinstance(observation_space, (spaces.Dict, spaces.Tuple)):
+        kind = type(observation_space).__name__
+        raise ValueError(
+            f"Diffusion policies take one flat observation vector, got a {kind} observation space "
+            f"{observation_space}. Flatten it, for example with gymnasium.wrappers.FlattenObservation "
+            "(there is no MultiInputPolicy)."
+        )
+
+
 def observation_seed(observation: np.ndarray) -> int:
     """A 64-bit seed that depends only on the bytes of one observation (float32)."""
     data = np.ascontiguousarray(observation, dtype=np.float32).tobytes()
