@@ -53,7 +53,7 @@ import numpy as np
 
 DEFAULT_ENVS = ["Hopper-v5", "Humanoid-v5"]
 DEFAULT_ALGOS = ["sdac", "qvpo", "sac"]
-PRECISIONS = ["fp32", "bf16"]
+PRECISIONS = ["fp32", "bf16", "bf16_chains"]  # policy_kwargs precision; the default runs the first two
 MATMUL_SHAPE = (16384, 256, 256)
 # SDAC's official run: 1M env steps with 5 envs = 200k updates and 200k vector steps, after 30k warm-up steps
 SDAC_RUN = dict(updates=200_000, vector_steps=200_000, n_envs=5, warmup_steps=30_000)
@@ -457,7 +457,8 @@ def worker(args: argparse.Namespace) -> None:
 
     th.set_num_threads(args.threads)
     device = th.device(args.device)
-    probes = Probes(device, [p for p in PRECISIONS if p == "fp32" or p in args.precisions])  # fp32 always: gradient steps
+    # the rates of the dtypes the updates use: fp32 always (gradient steps), bf16 for any reduced precision
+    probes = Probes(device, ["fp32"] + (["bf16"] if any(p != "fp32" for p in args.precisions) else []))
     probes.matmul(3)
     activation_rates = probes.activations()
     results = []
@@ -704,7 +705,7 @@ def main() -> None:
     parser.add_argument("--envs", nargs="+", default=DEFAULT_ENVS, help="environments whose shapes are used")
     parser.add_argument("--algos", nargs="+", default=DEFAULT_ALGOS, choices=DEFAULT_ALGOS)
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
-    parser.add_argument("--precisions", nargs="+", default=PRECISIONS, choices=PRECISIONS, help="policy_kwargs precision")
+    parser.add_argument("--precisions", nargs="+", default=PRECISIONS[:2], choices=PRECISIONS, help="policy_kwargs precision")
     parser.add_argument("--skip-actions", action="store_true", help="time updates only (no actions, no rollout)")
     parser.add_argument("--json", default=None, help="also write the raw measurements to this file")
     parser.add_argument(

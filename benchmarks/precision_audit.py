@@ -14,8 +14,9 @@ steps of its own behaviour policy in ``--env``. Quantities (B states of a batch,
   candidates of a state (what the argmax must resolve); no noise is involved, so no fresh column;
 - ``behaviour``: the best-of-K_b action (before exploration noise): the fraction of states whose
   choice changes, and its fp32 Q against the reference choice's (the regret, mean absolute);
-- ``td_target``: ``r + gamma (1 - done) min Q_target(s', a')`` with ``a'`` the target's best-of-K_t,
-  against the critics' TD error on the same batch;
+- ``td_target``: ``r + gamma (1 - done) min Q_target(s', a')`` with ``a'`` the target's best-of-K_t
+  (chosen in bf16; its Q is computed in fp32, as in training), against the critics' TD error on the
+  same batch;
 - QVPO ``actor_target``: the best of N_d samples and its weight ``w(s)`` (``qadv``: max Q - mean Q):
   changed choices, and ``|w - w_ref| / mean w_ref``;
 - SDAC ``actor_target``: the softmax-weighted mean noise of the reverse samples that the score
@@ -47,6 +48,7 @@ import torch as th
 from sb3_diffusion import QVPO, SDAC
 from sb3_diffusion.common.hot_path import HotPath
 from sb3_diffusion.common.kernels import fast_bf16_available
+from sb3_diffusion.common.networks import min_q
 
 ALGOS = {"sdac": SDAC, "qvpo": QVPO}
 
@@ -166,7 +168,8 @@ class Audit:
                 td_noise[key] = model.actor_target.draw_chain_noise(batch_size, self.n_target)
             candidates, best = self.best_of_k(precision, self.target_actor, model.critic_target, next_obs, td_noise[key])
             next_actions = self.pick(candidates, best)
-            next_q = self.score_paths[precision].min_q(model.critic_target, next_obs, next_actions[:, None])[:, 0]
+            # the algorithms evaluate the chosen action with the plain fp32 min_q: only the choice is bf16
+            next_q = min_q(model.critic_target, next_obs, next_actions)
             reward_scale = getattr(model, "reward_scale", 1.0)  # SDAC's
             return reward_scale * data["rewards"] + (1 - data["dones"]) * model.gamma * next_q
 

@@ -27,7 +27,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--algos", nargs="+", default=["sdac", "qvpo"], choices=["sdac", "qvpo"], help="diffusion algorithms")
     parser.add_argument("--env", default="Hopper-v5", help="environment whose shapes are used")
-    parser.add_argument("--precisions", nargs="+", default=list(PRECISIONS)[::-1], choices=PRECISIONS)
+    parser.add_argument("--precisions", nargs="+", default=["bf16", "fp32"], choices=PRECISIONS)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--warmup", type=int, default=4, help="untimed updates first")

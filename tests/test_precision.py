@@ -203,19 +203,50 @@ def test_unknown_precision_is_an_error():
         make_policy(precision="fp16")
 
 
+@pytest.mark.parametrize("precision", ["bf16", "bf16_chains"])
 @pytest.mark.parametrize("cls", [SDAC, QVPO], ids=lambda cls: cls.__name__)
-def test_precision_round_trips_through_save_and_load(cls, tmp_path, bf16_hardware):
-    policy_kwargs = dict(net_arch=[16, 16], diffusion_steps=3, precision="bf16")
+def test_precision_round_trips_through_save_and_load(cls, precision, tmp_path, bf16_hardware):
+    policy_kwargs = dict(net_arch=[16, 16], diffusion_steps=3, precision=precision)
     model = cls("MlpPolicy", "Pendulum-v1", policy_kwargs=policy_kwargs, learning_starts=0, seed=0, device="cpu")
-    assert model.policy.precision == "bf16"
+    assert model.policy.precision == precision
     obs = np.array([0.3, -0.2, 0.5], dtype=np.float32)
     action = model.predict(obs, deterministic=True)[0]
     model.save(tmp_path / "model")
     loaded = cls.load(tmp_path / "model", device="cpu")
-    assert loaded.policy.precision == "bf16"
+    assert loaded.policy.precision == precision
     assert np.array_equal(loaded.predict(obs, deterministic=True)[0], action)
     model.policy.save(tmp_path / "policy")
-    assert type(model.policy).load(tmp_path / "policy").precision == "bf16"
+    assert type(model.policy).load(tmp_path / "policy").precision == precision
+
+
+@pytest.mark.parametrize("path", CPU_PATHS)
+def test_bf16_chains_samples_as_bf16_and_scores_as_fp32(path, bf16_hardware, monkeypatch):
+    """``precision="bf16_chains"``: the chains are bf16's, bit for bit, and the scoring fp32's."""
+    th.manual_seed(7)
+    chains = make_policy(precision="bf16_chains")
+    spread_critics(chains)
+    bf16, fp32 = make_policy(precision="bf16"), make_policy(precision="fp32")
+    for other in (bf16, fp32):
+        other.load_state_dict(chains.state_dict())
+    for policy in (chains, bf16, fp32):
+        force_path(policy, monkeypatch, path)
+    batch_size, n_samples = (1, 5) if path == "compiled" else (6, 4)
+    obs = th.randn(batch_size, OBS_DIM)
+    noise = chains.actor.draw_chain_noise(batch_size, n_samples)
+    with th.no_grad():
+        samples = chains.sample(obs, n_samples, noise=noise)
+        assert th.equal(samples, bf16.sample(obs, n_samples, noise=noise))
+        assert (samples - fp32.sample(obs, n_samples, noise=noise)).abs().max() > FP32_ATOL  # bf16 really ran
+        assert th.equal(chains.min_q(obs, samples), fp32.min_q(obs, samples))
+        assert not th.equal(chains.min_q(obs, samples), bf16.min_q(obs, samples))
+    assert chains.hot_path.compute_dtype(th.device("cpu"), "min_q") == th.float32
+    assert chains.hot_path.compute_dtype(th.device("cpu"), "sample") == th.bfloat16
+
+
+def test_bf16_chains_falls_back_with_the_warning(no_bf16_hardware):
+    policy = make_policy(precision="bf16_chains")
+    with pytest.warns(UserWarning, match="precision='bf16_chains' needs hardware bf16"):
+        assert policy.hot_path.compute_dtype(th.device("cpu"), "sample") == th.float32
 
 
 @pytest.mark.parametrize("algo", ["sdac", "qvpo"])

@@ -30,7 +30,9 @@ The precision of the fast paths is a property of this seam (``precision``):
 - ``"bf16"``: the fast paths run the noise network's and the critics' first and hidden layers in
   bfloat16 (bf16 copies of the weights cast once per call; matmuls accumulate in fp32 inside oneDNN /
   cuBLAS; Mish on bf16 tensors), where the device has hardware bf16
-  (:func:`~sb3_diffusion.common.kernels.fast_bf16_available`); elsewhere it warns once and runs fp32.
+  (:func:`~sb3_diffusion.common.kernels.fast_bf16_available`); elsewhere it warns once and runs fp32;
+- ``"bf16_chains"``: the sampling chains as in ``"bf16"``, the critics' scoring in fp32 (the scoring
+  is where bf16 moves what the algorithms compute most: ``benchmarks/precision_audit.py``).
   The chain state ``x``, the per-state parts of the first layers, the schedule's arithmetic, the
   output layers (the predicted noise, the Q values) and everything after them (minimum over the
   critics, argmax, softmax weights) stay fp32. The ``"plain"`` path (autograd on, other network
@@ -61,7 +63,13 @@ from sb3_diffusion.common import networks
 from sb3_diffusion.common.networks import NoisePredictionNet
 
 PATHS = ("plain", "chunked", "chunked_compiled", "compiled", "cuda_graph")
-PRECISIONS = tuple(COMPUTE_DTYPES)  # ("fp32", "bf16")
+# The compute dtype of each operation ("sample": the chains, "min_q": the scoring), by precision
+OPERATION_DTYPES = {
+    "fp32": {"sample": "fp32", "min_q": "fp32"},
+    "bf16": {"sample": "bf16", "min_q": "bf16"},
+    "bf16_chains": {"sample": "bf16", "min_q": "fp32"},
+}
+PRECISIONS = tuple(OPERATION_DTYPES)
 # Devices (by type) on which the fallback of a reduced precision has been reported in this process
 _WARNED_FALLBACK: set[str] = set()
 
@@ -78,9 +86,10 @@ class HotPath:
         (CPU) or CUDA graphs (CUDA). ``"auto"`` compiles on CPU only for large calls and for the small
         calls of networks at least ``kernels.AUTO_CHAIN_MIN_WIDTH`` wide; the environment variable
         ``SB3_DIFFUSION_COMPILE`` overrides it.
-    :param precision: Arithmetic of the fast paths: ``"fp32"`` (the plain computation's numbers) or
+    :param precision: Arithmetic of the fast paths: ``"fp32"`` (the plain computation's numbers),
         ``"bf16"`` (bfloat16 matmuls and activations in the sampling chains and the critics' scoring of
-        candidates, on devices with hardware bf16; fp32 with a warning elsewhere)
+        candidates, on devices with hardware bf16; fp32 with a warning elsewhere) or ``"bf16_chains"``
+        (the chains in bf16, the scoring in fp32)
     """
 
     def __init__(self, compile_mode: str = "auto", precision: str = "fp32"):
@@ -102,12 +111,13 @@ class HotPath:
     def __deepcopy__(self, memo: dict) -> "HotPath":
         return HotPath(self.compile_mode, self.precision)
 
-    def compute_dtype(self, device: th.device) -> th.dtype:
+    def compute_dtype(self, device: th.device, operation: str = "sample") -> th.dtype:
         """
-        The dtype the fast paths compute in on ``device``: ``precision``'s, or float32 (with a warning,
-        once per process and device type) where a reduced precision has no hardware support.
+        The dtype the fast path of ``operation`` (``"sample"`` or ``"min_q"``) computes in on ``device``:
+        ``precision``'s, or float32 (with a warning, once per process and device type) where a reduced
+        precision has no hardware support.
         """
-        dtype = COMPUTE_DTYPES[self.precision]
+        dtype = COMPUTE_DTYPES[OPERATION_DTYPES[self.precision][operation]]
         if dtype is th.float32 or fast_bf16_available(device):
             return dtype
         if device.type not in _WARNED_FALLBACK:
@@ -179,7 +189,7 @@ class HotPath:
     def _sample(self, path: str, actor: Any, obs: PyTorchObs, features: th.Tensor, noise: th.Tensor, layers: Any) -> th.Tensor:
         if path == "plain":
             return actor.sample(obs, noise.shape[2], noise=noise)
-        dtype = self.compute_dtype(noise.device)
+        dtype = self.compute_dtype(noise.device, "sample")
         net: NoisePredictionNet = actor.noise_net
         features_part = net.features_in(features)  # (B, W): the observation block, with the first layer's bias
         steps = th.as_tensor(actor.sampling_timesteps, device=features_part.device)
@@ -218,7 +228,7 @@ class HotPath:
         path = select()
         if path == "plain":
             return networks.min_q(critic, obs, candidates)
-        dtype = self.compute_dtype(candidates.device)
+        dtype = self.compute_dtype(candidates.device, "min_q")
         with th.inference_mode():
             features = critic.extract_features(obs, critic.features_extractor)  # type: ignore[operator]
             try:

@@ -254,13 +254,14 @@ class DiffusionActorPolicy(BasePolicy):
     :param sampling_steps: Cheaper sampling, an option: reverse-chain steps when sampling (None: all
         ``diffusion_steps``); fewer steps use a re-spaced schedule. Training is unchanged.
     :param sampler: ``"ddpm"`` (default) or ``"ddim"`` (deterministic DDIM, eta = 0, an option)
-    :param precision: ``"fp32"`` (default, the faithful setting) or ``"bf16"``: arithmetic of the
+    :param precision: ``"fp32"`` (default, the faithful setting), ``"bf16"`` or ``"bf16_chains"``: arithmetic of the
         sampling chains and of the critics' scoring of candidates (behaviour and evaluation actions, TD
         targets, the actor update's samples). ``"bf16"`` runs their first and hidden layers in bfloat16
         where the device has hardware bf16 (AVX512-BF16 or AMX on CPU, CUDA with bf16) and falls back
         to fp32 with a warning elsewhere; parameters, optimizers, gradient steps, the schedule, the
         output layers, argmax and weights stay fp32. Faster only where bf16 matmuls are (AMX, GPUs):
-        see ``docs/precision.md``.
+        see ``docs/precision.md``. ``"bf16_chains"``: the chains in bf16, the critics' scoring in fp32
+        (where bf16 perturbs the algorithms' quantities most, QVPO's weights above all).
     """
 
     #: The algorithm's defaults for the arguments of ``__init__`` (a subclass declares them; passing
