@@ -19,6 +19,8 @@ steps of its own behaviour policy in ``--env``. Quantities (B states of a batch,
   same batch;
 - QVPO ``actor_target``: the best of N_d samples and its weight ``w(s)`` (``qadv``: max Q - mean Q):
   changed choices, and ``|w - w_ref| / mean w_ref``;
+- ``signed`` rows: the mean of the same change with its sign, for the systematic part (a bias
+  accumulates over updates where noise averages out; fresh noise has none);
 - SDAC ``actor_target``: the softmax-weighted mean noise of the reverse samples that the score
   matching regresses on (same ``a_t``, ``t`` and reverse samples; fresh: new reverse samples), RMS.
 
@@ -155,7 +157,9 @@ class Audit:
             q_chosen = {name: self.score_paths["fp32"].min_q(critic, obs, a[:, None])[:, 0] for name, a in chosen.items()}
             self.add("behaviour: choice changed", "bf16", float((bf16_best != ref_best).float().mean()))
             for name in ("bf16", "fresh"):
-                self.add("behaviour: |Q regret|", name, float((q_chosen[name] - q_chosen["ref"]).abs().mean()) / q_spread)
+                change = (q_chosen[name] - q_chosen["ref"]) / q_spread
+                self.add("behaviour: |Q regret|", name, float(change.abs().mean()))
+                self.add("behaviour: Q regret, signed", name, float(change.mean()))
 
         # the TD target
         with th.no_grad():
@@ -175,12 +179,9 @@ class Audit:
 
         reference = td_target("fp32", False)
         td_error = float((reference - q_data).square().mean().sqrt())
-        self.add(
-            "td_target (over the TD error)", "bf16", float((td_target("bf16", False) - reference).abs().mean()) / td_error
-        )
-        self.add(
-            "td_target (over the TD error)", "fresh", float((td_target("fp32", True) - reference).abs().mean()) / td_error
-        )
+        for name, change in (("bf16", td_target("bf16", False) - reference), ("fresh", td_target("fp32", True) - reference)):
+            self.add("td_target (over the TD error)", name, float(change.abs().mean()) / td_error)
+            self.add("td_target, signed (over the TD error)", name, float(change.mean()) / td_error)
         self.actor_target(obs)
 
     # algorithm-specific: the targets of the actor's loss
@@ -208,7 +209,9 @@ class QVPOAudit(Audit):
         mean_weight = float(ref_weights.mean())
         self.add("actor: best sample changed", "bf16", float((results["bf16"][1] != ref_best).float().mean()))
         for name in ("bf16", "fresh"):
-            self.add("actor: |w - w_ref| / mean w", name, float((results[name][0] - ref_weights).abs().mean()) / mean_weight)
+            change = (results[name][0] - ref_weights) / mean_weight
+            self.add("actor: |w - w_ref| / mean w", name, float(change.abs().mean()))
+            self.add("actor: (w - w_ref) / mean w, signed", name, float(change.mean()))
 
 
 class SDACAudit(Audit):

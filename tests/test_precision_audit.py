@@ -12,11 +12,13 @@ ALL_QUANTITIES = {
     "scoring",
     "behaviour: choice changed",
     "behaviour: |Q regret|",
+    "behaviour: Q regret, signed",
     "td_target (over the TD error)",
+    "td_target, signed (over the TD error)",
 }
 ACTOR_QUANTITIES = {
     "sdac": {"actor: weighted mean noise (RMS)"},
-    "qvpo": {"actor: best sample changed", "actor: |w - w_ref| / mean w"},
+    "qvpo": {"actor: best sample changed", "actor: |w - w_ref| / mean w", "actor: (w - w_ref) / mean w, signed"},
 }
 
 
@@ -48,8 +50,14 @@ def test_bf16_differences_are_measured_beside_fresh_noise(algo, tmp_path, bf16_h
     # reference than a fresh draw of the noise does
     assert 1e-4 < float(chain["bf16"]) < 0.1 * float(chain["fresh"])
     assert float(rows["scoring"]["bf16"]) > 0.0
-    for row in rows.values():
-        assert float(row["bf16"]) >= 0.0
+    for quantity, row in rows.items():
+        if "signed" in quantity:  # a mean of signed changes is at most the mean of their sizes
+            unsigned = rows[
+                quantity.replace(", signed", "").replace("Q regret", "|Q regret|").replace("(w - w_ref)", "|w - w_ref|")
+            ]
+            assert abs(float(row["bf16"])) <= float(unsigned["bf16"]) + 1e-9
+        else:
+            assert float(row["bf16"]) >= 0.0
 
 
 def test_parts_left_in_fp32_make_no_difference(algo, tmp_path, bf16_hardware):
