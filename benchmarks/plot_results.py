@@ -22,6 +22,8 @@ writes, in ``--out``:
 - with ``--rename ALGO=LABEL``: the log folder's own runs of ``ALGO`` drawn and tabled as ``LABEL``, for
   runs made in the same folder with changed hyperparameters (``--params``) that the label should name;
 - with ``--budget N``: evaluations after step N are left out (runs that went on longer);
+- with ``--complete-only``: runs that have not reached their budget (still running, or interrupted
+  and not yet resumed) are left out of the figure and the tables, instead of drawn as far as they got;
 - with ``--threshold R``: ``final_scores`` also gives, per run, the first evaluation step whose mean
   return reaches R (``-`` if none);
 - with ``--zoo-plots``: also RL Zoo's own plot (``rl_zoo3.plots.all_plots`` on the pipeline's
@@ -155,6 +157,15 @@ def cut_at_budget(
         step, value = last.get((run["algo"], run["env"], str(run["seed"])), (0, float("nan")))
         cut_runs.append({**run, "steps": min(int(run["steps"]), budget), "final_return": value, "last_timestep": step})
     return kept, cut_runs
+
+
+def complete_only(
+    evaluations: list[dict[str, Any]], runs: list[dict[str, Any]]
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The complete runs and their evaluations only."""
+    kept_runs = [run for run in runs if run["status"] == "complete"]
+    keys = {(run["algo"], run["env"], str(run["seed"])) for run in kept_runs}
+    return [row for row in evaluations if (row["algo"], row["env"], str(row["seed"])) in keys], kept_runs
 
 
 def first_reaching(evaluations: list[dict[str, Any]], threshold: float) -> dict[tuple[str, str, str], int | None]:
@@ -317,6 +328,7 @@ def main(argv: list[str] | None = None) -> None:
         "--rename", nargs="*", default=[], metavar="ALGO=LABEL", help="the log folder's runs of ALGO, as LABEL"
     )
     parser.add_argument("--budget", type=int, default=None, help="leave out evaluations after this step")
+    parser.add_argument("--complete-only", action="store_true", help="leave out runs that have not reached their budget")
     parser.add_argument("--threshold", type=float, default=None, help="report each run's first step at this return")
     args = parser.parse_args(argv)
     out = args.out or args.log_folder
@@ -347,6 +359,8 @@ def main(argv: list[str] | None = None) -> None:
         more_evaluations, more_runs = relabelled_runs(label, Path(folder))
         evaluations += more_evaluations
         runs += more_runs
+    if args.complete_only:
+        evaluations, runs = complete_only(evaluations, runs)
     if args.budget is not None:
         evaluations, runs = cut_at_budget(evaluations, runs, args.budget)
     curve_rows = curves(evaluations)

@@ -292,6 +292,13 @@ def test_another_log_folder_added_under_its_own_label(tmp_path):
     (score,) = plot_results.read_csv(out / "final_scores.csv")
     assert score["algo"] == "qvpo*" and float(score["mean"]) == 200.0
     assert {row["algo"] for row in plot_results.read_csv(out / "learning_curves.csv")} == {"qvpo*"}
+    # --complete-only: a run that has not reached its budget is left out, not drawn as far as it got
+    runs_csv = tmp_path / "main" / "runs.csv"
+    runs_csv.write_text(runs_csv.read_text().replace("qvpo,E,1,1000,1000,5,complete", "qvpo,E,1,1000,1000,5,running"))
+    plot_results.main(["--log-folder", str(tmp_path / "main"), "--out", str(out), "--reps", "50", "--complete-only"])
+    (score,) = plot_results.read_csv(out / "final_scores.csv")
+    assert score["scores"] == "100.0" and float(score["mean"]) == 100.0
+    assert {row["seeds"] for row in plot_results.read_csv(out / "learning_curves.csv")} == {"1"}
     for bad in ("sac=sac*", "qvpo"):
         with pytest.raises(SystemExit):
             plot_results.main(["--log-folder", str(tmp_path / "main"), "--out", str(out), "--rename", bad])
