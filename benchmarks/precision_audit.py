@@ -37,8 +37,7 @@ from __future__ import annotations
 
 import argparse
 import csv
-import platform
-import subprocess
+import sys
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -52,15 +51,10 @@ from sb3_diffusion.common.hot_path import HotPath
 from sb3_diffusion.common.kernels import fast_bf16_available
 from sb3_diffusion.common.networks import min_q
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_small_path import cpu_model
+
 ALGOS = {"sdac": SDAC, "qvpo": QVPO}
-
-
-def cpu_model() -> str:
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
-        return next(line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("Model name"))
-    except (OSError, subprocess.CalledProcessError, StopIteration):
-        return platform.processor() or "unknown CPU"
 
 
 def rollout_states(model: Any, env_id: str, steps: int, seed: int) -> dict[str, th.Tensor]:

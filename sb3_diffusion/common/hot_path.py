@@ -30,13 +30,13 @@ The precision of the fast paths is a property of this seam (``precision``):
 - ``"bf16"``: the fast paths run the noise network's and the critics' first and hidden layers in
   bfloat16 (bf16 copies of the weights cast once per call; matmuls accumulate in fp32 inside oneDNN /
   cuBLAS; Mish on bf16 tensors), where the device has hardware bf16
-  (:func:`~sb3_diffusion.common.kernels.fast_bf16_available`); elsewhere it warns once and runs fp32;
-- ``"bf16_chains"``: the sampling chains as in ``"bf16"``, the critics' scoring in fp32 (the scoring
-  is where bf16 moves what the algorithms compute most: ``benchmarks/precision_audit.py``).
+  (:func:`~sb3_diffusion.common.kernels.fast_bf16_available`); elsewhere it warns once and runs fp32.
   The chain state ``x``, the per-state parts of the first layers, the schedule's arithmetic, the
   output layers (the predicted noise, the Q values) and everything after them (minimum over the
   critics, argmax, softmax weights) stay fp32. The ``"plain"`` path (autograd on, other network
-  structures) is always fp32, and so are all gradient steps.
+  structures) is always fp32, and so are all gradient steps;
+- ``"bf16_chains"``: the sampling chains as in ``"bf16"``, the critics' scoring in fp32 (the scoring
+  is where bf16 moves what the algorithms compute most: ``benchmarks/precision_audit.py``).
 """
 
 import functools
