@@ -1,7 +1,7 @@
 """
-Learning parity of ``precision="bf16"`` against ``"fp32"``: the project's small learning checks, the
-same seeds and configurations in both precisions, one after the other (so that the load of a shared
-machine affects both alike).
+Learning parity of ``precision="bf16"`` (and ``"bf16_chains"``) against ``"fp32"``: the project's small
+learning checks, the same seeds and configurations in each precision, one after the other (so that the
+load of a shared machine affects them alike).
 
 - ``bandit``: the multi-peak bandit of ``tests/test_behaviour.py`` (its ``BANDIT_CONFIGS``, 1 500 steps):
   the deterministic action, whether it is at the global peak (within 0.1), its reward, and the
@@ -10,7 +10,9 @@ machine affects both alike).
   steps): the mean return of 10 deterministic evaluation episodes at the end of training.
 
 Each run prints one JSON line (precision, algorithm, task, seed, metrics, wall and process CPU
-seconds); ``--summary FILE`` turns such lines into the Markdown table of ``docs/precision.md``.
+seconds); ``--summary FILE`` turns such lines into the Markdown table of ``docs/precision.md``, where
+each reduced precision's Pendulum row also compares it with fp32 seed by seed (the mean paired difference
+and how many seeds are lower).
 
 Usage::
 
@@ -28,7 +30,8 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
-PRECISIONS = ("fp32", "bf16")
+sys.path.insert(0, str(ROOT))
+from sb3_diffusion.common.hot_path import PRECISIONS  # noqa: E402
 
 
 def _pendulum_config(algo: str) -> tuple[int, dict[str, Any]]:
@@ -51,7 +54,6 @@ def run_one(algo: str, task: str, seed: int, precision: str) -> dict[str, Any]:
     start_wall, start_cpu = time.perf_counter(), time.process_time()
     result: dict[str, Any] = dict(algo=algo, task=task, seed=seed, precision=precision)
     if task == "bandit":
-        sys.path.insert(0, str(ROOT))
         from tests.envs import MultiPeakBandit
         from tests.test_behaviour import BANDIT_CONFIGS
 
@@ -97,8 +99,11 @@ def summarize(path: str) -> None:
         std = statistics.pstdev(values) if len(values) > 1 else 0.0
         return f"{mean:.{digits}f} +- {std:.{digits}f}"
 
-    print("| task | algorithm | precision | seeds | result per seed | mean +- std | wall s (mean) | CPU s (mean) |")
-    print("|---|---|---|---|---|---|---|---|")
+    print(
+        "| task | algorithm | precision | seeds | result per seed | mean +- std | against fp32, same seeds |"
+        " wall s (mean) | CPU s (mean) |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|")
     for (task, algo, precision), runs in sorted(
         groups.items(), key=lambda item: (item[0][0], item[0][1], PRECISIONS.index(item[0][2]))
     ):
@@ -114,9 +119,18 @@ def summarize(path: str) -> None:
         else:
             per_seed = " / ".join(f"{run['mean_return']:.0f}" for run in runs)
             summary = spread([run["mean_return"] for run in runs])
+        paired = ""
+        reference = {run["seed"]: run for run in groups.get((task, algo, "fp32"), [])}
+        pairs = [(run, reference[run["seed"]]) for run in runs if run["seed"] in reference]
+        if precision != "fp32" and task == "pendulum" and pairs:
+            differences = [run["mean_return"] - base["mean_return"] for run, base in pairs]
+            lower = sum(difference < 0 for difference in differences)
+            paired = f"{spread(differences)}; lower in {lower} of {len(pairs)}"
         wall = statistics.mean(run["wall_s"] for run in runs)
         cpu = statistics.mean(run["cpu_s"] for run in runs)
-        print(f"| {task} | {algo.upper()} | {precision} | {seeds} | {per_seed} | {summary} | {wall:.0f} | {cpu:.0f} |")
+        print(
+            f"| {task} | {algo.upper()} | {precision} | {seeds} | {per_seed} | {summary} | {paired} | {wall:.0f} | {cpu:.0f} |"
+        )
 
 
 def main() -> None:
