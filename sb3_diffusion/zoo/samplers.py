@@ -22,6 +22,8 @@ from typing import Any
 
 import optuna
 
+from sb3_diffusion.common.hot_path import PRECISIONS
+
 # Network sizes of the search (noise-prediction network and critics alike); "large" is the papers' 3 x 256
 NET_ARCHS = {"small": [64, 64], "medium": [256, 256], "large": [256, 256, 256]}
 
@@ -56,8 +58,9 @@ COMMON_SPACE = (
     Param("net_arch", POLICY_PREFIX + "net_arch", _choice(*NET_ARCHS), NET_ARCHS.__getitem__),
     Param("diffusion_steps", POLICY_PREFIX + "diffusion_steps", _choice(5, 10, 20)),
     # arithmetic of the sampling chains and the candidate scoring (bf16 falls back to fp32, with a
-    # warning, where the hardware has no bf16); pin it with -params policy_kwargs:"dict(precision='fp32')"
-    Param("precision", POLICY_PREFIX + "precision", _choice("fp32", "bf16")),
+    # warning, where the hardware has no bf16; bf16_chains keeps the scoring in fp32, docs/precision.md);
+    # pin it with -params policy_kwargs:"dict(precision='fp32')"
+    Param("precision", POLICY_PREFIX + "precision", _choice(*PRECISIONS)),
 )
 
 SDAC_SPACE = (
