@@ -49,3 +49,23 @@ def test_q_normalization_makes_sdac_scale_free(one_thread):
     print(f"mean sample reward: official {official:.3f}; q_normalization x1 {normalised:.3f}, x100 {normalised_x100:.3f}")
     assert normalised > 1.5 * official  # the weighting moves the policy where the official one barely does
     assert abs(normalised - normalised_x100) < 0.05  # and the same at both reward scales
+
+
+def test_actor_isolation_script(one_thread):
+    """``benchmarks/bandit_actor_isolation.py``: a perfect critic, the shares of a run, and bad configurations."""
+    import argparse
+
+    from benchmarks import bandit_actor_isolation as isolation
+
+    critic = isolation.RewardCritic(k=10.0)
+    q1, q2 = critic(th.zeros(2, 1), th.tensor([[0.55, -0.55], [-1.0, 1.0]]))
+    assert th.allclose(q1[:, 0], th.tensor([10.0, 0.0]), atol=0.05) and th.equal(q1, q2)
+    config = isolation.parse_config("32/4/16x16/3")
+    assert config == dict(batch=32, n_reverse=4, net_arch=[16, 16], diffusion_steps=3)
+    with pytest.raises(argparse.ArgumentTypeError, match="batch/reverse"):
+        isolation.parse_config("32/4/16x16")
+    for mode in isolation.MODES:
+        result = isolation.run(mode, config, steps=3, n_samples=200)
+        shares = [value for key, value in result.items() if key.startswith("share_")]
+        assert len(shares) == 5 and abs(sum(shares) - 1) < 0.01
+        assert 0 <= result["mean_sample_reward"] <= 1
