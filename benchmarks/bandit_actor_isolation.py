@@ -33,8 +33,6 @@ import torch as th
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import toy_figures
 
-MODES = ("policy", "peak", "half_uniform")
-
 
 class RewardCritic(th.nn.Module):
     """Stand-in for SDAC's twin critics: both heads return ``k`` times the bandit's reward."""
@@ -57,39 +55,29 @@ def parse_config(text: str) -> dict:
         raise argparse.ArgumentTypeError(f"expected batch/reverse/HxH/T such as 256/64/128x128/20, got {text!r}") from None
 
 
-def run(mode: str, config: dict, steps: int, k: float = 10.0, seed: int = 0, n_samples: int = 2000) -> dict:
-    from sb3_diffusion import SDAC
+PROPOSALS = {
+    "policy": lambda actor, obs: actor.sample(obs, 1)[:, 0],
+    "peak": lambda actor, obs: (th.as_tensor(toy_figures.GLOBAL_PEAK, dtype=th.float32) + 0.05 * th.randn(len(obs), 2)).clamp(
+        -1, 1
+    ),
+    "half_uniform": toy_figures.half_policy_half_uniform,
+}
 
+
+def run(mode: str, config: dict, steps: int, k: float = 10.0, seed: int = 0, n_samples: int = 2000) -> dict:
     start = time.process_time()
-    model = SDAC(
-        "MlpPolicy",
-        toy_figures.PeakBandit2D(),
-        seed=seed,
-        n_reverse_samples=config["n_reverse"],
-        policy_kwargs=dict(net_arch=config["net_arch"], diffusion_steps=config["diffusion_steps"]),
+    model, _ = toy_figures.fit_actor_alone(
+        RewardCritic(k),
+        steps,
+        seed,
+        batch=config["batch"],
+        n_reverse=config["n_reverse"],
+        net_arch=config["net_arch"],
+        diffusion_steps=config["diffusion_steps"],
+        proposal=PROPOSALS[mode],
     )
-    model.critic = RewardCritic(k)
-    actor, optimizer = model.actor, model.actor.optimizer
-    for group in optimizer.param_groups:
-        group["lr"] = 1e-3
-    batch = config["batch"]
-    obs = th.zeros(batch, 1)
-    for _ in range(steps):
-        with th.no_grad():
-            if mode == "policy":
-                actions = actor.sample(obs, 1)[:, 0]
-            elif mode == "peak":
-                actions = (th.as_tensor(toy_figures.GLOBAL_PEAK, dtype=th.float32) + 0.05 * th.randn(batch, 2)).clamp(-1, 1)
-            else:
-                half = batch // 2
-                actions = th.cat([actor.sample(obs[:half], 1)[:, 0], th.rand(batch - half, 2) * 2 - 1])
-            target = model.reverse_sampling_target(obs, actions, model.q_weight_scale)
-        loss = model.score_matching_loss(obs, target)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
     with th.no_grad():
-        samples = actor.sample(th.zeros(1, 1), n_samples)[0].numpy()
+        samples = model.actor.sample(th.zeros(1, 1), n_samples)[0].numpy()
     peaks = toy_figures.nearest_peak(samples)
     result = dict(mode=mode, steps=steps, k=k, seed=seed, **config)
     for i, (_, _, height, _) in enumerate(toy_figures.PEAKS_2D):
@@ -103,7 +91,7 @@ def run(mode: str, config: dict, steps: int, k: float = 10.0, seed: int = 0, n_s
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=6000)
-    parser.add_argument("--modes", nargs="+", choices=MODES, default=["policy", "peak"])
+    parser.add_argument("--modes", nargs="+", choices=list(PROPOSALS), default=["policy", "peak"])
     parser.add_argument("--configs", nargs="+", type=parse_config, default=[parse_config("256/64/128x128/20")])
     parser.add_argument("--k", type=float, default=10.0, help="Q = k * reward (the fixed point is exp(k * reward))")
     parser.add_argument("--seed", type=int, default=0)

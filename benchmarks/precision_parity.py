@@ -120,12 +120,12 @@ def summarize(path: str) -> None:
             per_seed = " / ".join(f"{run['mean_return']:.0f}" for run in runs)
             summary = spread([run["mean_return"] for run in runs])
         paired = ""
-        reference = {run["seed"]: run for run in groups.get((task, algo, "fp32"), [])}
-        pairs = [(run, reference[run["seed"]]) for run in runs if run["seed"] in reference]
-        if precision != "fp32" and task == "pendulum" and pairs:
-            differences = [run["mean_return"] - base["mean_return"] for run, base in pairs]
-            lower = sum(difference < 0 for difference in differences)
-            paired = f"{spread(differences)}; lower in {lower} of {len(pairs)}"
+        if precision != "fp32" and task == "pendulum":
+            fp32 = {run["seed"]: run["mean_return"] for run in groups.get((task, algo, "fp32"), [])}
+            differences = [run["mean_return"] - fp32[run["seed"]] for run in runs if run["seed"] in fp32]
+            if differences:
+                lower = sum(difference < 0 for difference in differences)
+                paired = f"{spread(differences)}; lower in {lower} of {len(differences)}"
         wall = statistics.mean(run["wall_s"] for run in runs)
         cpu = statistics.mean(run["cpu_s"] for run in runs)
         print(

@@ -22,6 +22,7 @@ import math
 import os
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -256,12 +257,29 @@ class EnergyCritic(th.nn.Module):
         return q, q
 
 
-def fit_score_matching(steps: int, seed: int, batch: int = 256, n_reverse: int = 64) -> tuple[Any, list[float]]:
+def half_policy_half_uniform(actor: Any, obs: th.Tensor) -> th.Tensor:
+    """Half the current policy's samples and half uniform actions over the box: the policy's samples
+    alone would never propose a mode it has not found yet."""
+    half = len(obs) // 2
+    return th.cat([actor.sample(obs[:half], 1)[:, 0], th.rand(len(obs) - half, 2) * 2 - 1])
+
+
+def fit_actor_alone(
+    critic: th.nn.Module,
+    steps: int,
+    seed: int,
+    batch: int = 256,
+    n_reverse: int = 64,
+    net_arch: tuple[int, ...] = (128, 128),
+    diffusion_steps: int = 20,
+    proposal: Callable[[Any, th.Tensor], th.Tensor] = half_policy_half_uniform,
+) -> tuple[Any, list[float]]:
     """
-    SDAC's actor update alone, with ``EnergyCritic`` as the critic: states are constant; ``a`` is drawn
-    from the current actor (as in SDAC, where it is the behaviour action); the weights are
-    ``softmax(q_weight_scale * log p(a0_k) / lambda)`` with ``lambda = q_weight_scale``, i.e.
-    proportional to the target density, so the policy's fixed point is the target itself.
+    SDAC's actor update alone on the bandit's constant state, with ``critic`` in place of the twin
+    critics: ``proposal(actor, obs)`` gives the actions that are noised into ``a_t`` (in SDAC, the
+    behaviour action); the weights are ``softmax(q_weight_scale * Q(a0_k) / lambda)`` with ``lambda =
+    q_weight_scale``, so the policy's fixed point is ``p(a) ∝ exp(Q(a))``. Returns the model and the
+    loss every 100 steps.
     """
     from sb3_diffusion import SDAC
 
@@ -271,22 +289,17 @@ def fit_score_matching(steps: int, seed: int, batch: int = 256, n_reverse: int =
         seed=seed,
         n_reverse_samples=n_reverse,
         actor_learning_rate=1e-3,
-        policy_kwargs=dict(net_arch=[128, 128], diffusion_steps=20),
+        policy_kwargs=dict(net_arch=list(net_arch), diffusion_steps=diffusion_steps),
     )
-    model.critic = EnergyCritic()
+    model.critic = critic
     actor, optimizer = model.actor, model.actor.optimizer
     for group in optimizer.param_groups:
         group["lr"] = 1e-3
-    lambda_ = model.q_weight_scale  # weights proportional to p(a0_k)
     obs = th.zeros(batch, 1)
     losses = []
     for step in range(steps):
         with th.no_grad():
-            # half from the current policy, half uniform over the box: the policy's own samples alone
-            # would never propose a mode it has not found yet
-            policy = actor.sample(obs[: batch // 2], 1)[:, 0]
-            uniform = th.rand(batch - batch // 2, 2) * 2 - 1
-            target = model.reverse_sampling_target(obs, th.cat([policy, uniform]), lambda_)
+            target = model.reverse_sampling_target(obs, proposal(actor, obs), model.q_weight_scale)
         loss = model.score_matching_loss(obs, target)
         optimizer.zero_grad()
         loss.backward()
@@ -294,6 +307,11 @@ def fit_score_matching(steps: int, seed: int, batch: int = 256, n_reverse: int =
         if step % 100 == 0:
             losses.append(float(loss.detach()))
     return model, losses
+
+
+def fit_score_matching(steps: int, seed: int, batch: int = 256, n_reverse: int = 64) -> tuple[Any, list[float]]:
+    """SDAC's actor update alone (:func:`fit_actor_alone`) with ``EnergyCritic``: the fixed point is the ring."""
+    return fit_actor_alone(EnergyCritic(), steps, seed, batch, n_reverse)
 
 
 def fit_gaussian(steps: int, seed: int, batch: int = 256) -> tuple[np.ndarray, np.ndarray]:

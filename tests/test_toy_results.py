@@ -64,7 +64,7 @@ def test_actor_isolation_script(one_thread):
     assert config == dict(batch=32, n_reverse=4, net_arch=[16, 16], diffusion_steps=3)
     with pytest.raises(argparse.ArgumentTypeError, match="batch/reverse"):
         isolation.parse_config("32/4/16x16")
-    for mode in isolation.MODES:
+    for mode in isolation.PROPOSALS:
         result = isolation.run(mode, config, steps=3, n_samples=200)
         shares = [value for key, value in result.items() if key.startswith("share_")]
         assert len(shares) == 5 and abs(sum(shares) - 1) < 0.01
