@@ -509,6 +509,28 @@ def _cpu_bf16_flags() -> str:
     return "n/a"
 
 
+def _cpu_vendor() -> str:
+    """The CPU vendor as /proc/cpuinfo names it ("GenuineIntel", "AuthenticAMD"), or "" where unknown."""
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            for line in cpuinfo:
+                if line.startswith("vendor_id"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return ""
+
+
+def mkl_generic_path(matmul_by_implementation: dict[str, float], vendor: str) -> bool:
+    """
+    Whether torch's fp32 matmul (MKL) looks like it runs MKL's generic code path: an AMD CPU on which
+    ``torch.mm`` reaches less than 60% of oneDNN's fp32 linear on the same shape (docs/performance.md,
+    "AMD CPUs: MKL's generic path"; on an Intel CPU or with the preload the two are within about 20%).
+    """
+    mm, onednn = matmul_by_implementation.get("fp32 torch.mm"), matmul_by_implementation.get("fp32 oneDNN linear")
+    return vendor == "AuthenticAMD" and bool(mm and onednn) and mm < 0.6 * onednn
+
+
 def _loadavg() -> str:
     try:
         with open("/proc/loadavg") as file:
@@ -598,6 +620,12 @@ def print_report(args: argparse.Namespace, runs: list[dict[str, Any]], load_befo
             f"- {run['threads']} thread(s): matmul {m}x{k} @ {k}x{n}, best implementation per probe: {matmul} "
             f"(medians by implementation: {implementations}). Mish elements/s: {mish}"
         )
+        if args.device == "cpu" and mkl_generic_path(run["matmul_by_implementation"], _cpu_vendor()):
+            print(
+                "  Note: torch's fp32 matmul (MKL) runs at under 60% of oneDNN's here, as MKL does on AMD CPUs "
+                "(its generic code path). SB3's networks and the gradient steps use it: see benchmarks/mkl_intel_path.c "
+                'and docs/performance.md, section "AMD CPUs: MKL\'s generic path".'
+            )
     by_key = {(r["env"], r["algo"], r["precision"]): r for r in base["results"]}
     others = {run["threads"]: {(r["env"], r["algo"], r["precision"]): r for r in run["results"]} for run in runs[1:]}
     t0 = base["threads"]
