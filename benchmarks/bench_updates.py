@@ -496,29 +496,30 @@ def worker(args: argparse.Namespace) -> None:
 # --------------------------------------------------------------------------------------------------
 
 
-def _cpu_bf16_flags() -> str:
-    """The CPU's bf16 features as /proc/cpuinfo names them (Linux), e.g. "avx512_bf16" or "amx_bf16 avx512_bf16"."""
+def cpuinfo_field(name: str) -> str | None:
+    """The value of the first ``name`` line of /proc/cpuinfo ("flags", "vendor_id", "model name"), None where unknown."""
     try:
-        with open("/proc/cpuinfo") as file:
-            for line in file:
-                if line.startswith("flags"):
-                    flags = line.split(":", 1)[1].split()
-                    return " ".join(sorted(f for f in flags if "bf16" in f or f.startswith("amx"))) or "none"
+        with open("/proc/cpuinfo") as cpuinfo:
+            for line in cpuinfo:
+                key, sep, value = line.partition(":")
+                if sep and key.strip() == name:
+                    return value.strip()
     except OSError:
         pass
-    return "n/a"
+    return None
+
+
+def _cpu_bf16_flags() -> str:
+    """The CPU's bf16 features as /proc/cpuinfo names them (Linux), e.g. "avx512_bf16" or "amx_bf16 avx512_bf16"."""
+    flags = cpuinfo_field("flags")
+    if flags is None:
+        return "n/a"
+    return " ".join(sorted(f for f in flags.split() if "bf16" in f or f.startswith("amx"))) or "none"
 
 
 def _cpu_vendor() -> str:
     """The CPU vendor as /proc/cpuinfo names it ("GenuineIntel", "AuthenticAMD"), or "" where unknown."""
-    try:
-        with open("/proc/cpuinfo") as cpuinfo:
-            for line in cpuinfo:
-                if line.startswith("vendor_id"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return ""
+    return cpuinfo_field("vendor_id") or ""
 
 
 def mkl_generic_path(matmul_by_implementation: dict[str, float], vendor: str) -> bool:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks.bench_updates import mkl_generic_path
+from benchmarks.bench_updates import cpuinfo_field, mkl_generic_path
 
 ROOT = Path(__file__).resolve().parents[1]
 GFLOPS = 1e9
@@ -37,6 +37,13 @@ def test_mkl_generic_path_needs_both_rates():
     assert not mkl_generic_path({"fp32 torch.mm": 50 * GFLOPS}, "AuthenticAMD")
     assert not mkl_generic_path({"fp32 oneDNN linear": 200 * GFLOPS}, "AuthenticAMD")
     assert not mkl_generic_path({"fp32 torch.mm": 0.0, "fp32 oneDNN linear": 200 * GFLOPS}, "AuthenticAMD")
+
+
+@pytest.mark.skipif(not Path("/proc/cpuinfo").exists(), reason="needs /proc/cpuinfo")
+def test_cpuinfo_field():
+    assert cpuinfo_field("vendor_id")  # "GenuineIntel", "AuthenticAMD", ... on x86
+    assert cpuinfo_field("processor") == "0"  # the first line of that name
+    assert cpuinfo_field("no such field") is None
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux") or shutil.which("gcc") is None, reason="needs Linux and gcc")
