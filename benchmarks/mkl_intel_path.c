@@ -3,8 +3,9 @@
  *
  * PyTorch's CPU wheels run fp32 matmuls (torch.mm, nn.Linear's addmm: SB3's networks and every
  * gradient step) through MKL. MKL asks the CPU for its vendor and, on an AMD CPU, runs a generic code
- * path: measured on an AMD EPYC of the Zen 5 generation (one thread, 512x1024 @ 1024x1024), 79-92
- * GFLOP/s, against 183-213 with this preload, about what oneDNN reaches on the same CPU.
+ * path: measured on an AMD EPYC of the Zen 5 generation (one thread, 512x1024 @ 1024x1024 and
+ * 16384x256 @ 256x256), 79-95 GFLOP/s, against 183-213 with this preload, about what oneDNN reaches
+ * on the same CPU.
  * docs/performance.md ("AMD CPUs: MKL's generic path") has the measurements and the caveats.
  *
  * Build and use (Linux, any C compiler):
